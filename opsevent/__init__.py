@@ -1,0 +1,51 @@
+"""opsevent: the event interface for publishing events to RabbitMQ.
+
+This package is pure: it parses and prints subscriber sockets, encodes and
+decodes event bodies, keeps the subscription table and turns a raise into one
+status per subscriber. It has no networking code and starts no processes; a
+Transport (the ``workers`` package) carries the bodies to RabbitMQ. It
+imports only the standard library, and a test keeps it that way.
+"""
+
+from .errors import (
+    ConfigError,
+    EventSyntaxError,
+    EventTooLargeError,
+    EventValueTypeError,
+    OpseventError,
+    PayloadDecodeError,
+    SocketSyntaxError,
+)
+from .interface import (
+    Delivery,
+    EventInterface,
+    RaiseResult,
+    Settings,
+    Status,
+    Transport,
+)
+from .payload import MAX_BODY_SIZE, decode_event, encode_event
+from .sockets import RabbitMQSocket, parse_socket
+from .subscriptions import Subscriptions
+
+__all__ = [
+    "OpseventError",
+    "SocketSyntaxError",
+    "EventSyntaxError",
+    "EventValueTypeError",
+    "EventTooLargeError",
+    "PayloadDecodeError",
+    "ConfigError",
+    "RabbitMQSocket",
+    "parse_socket",
+    "encode_event",
+    "decode_event",
+    "MAX_BODY_SIZE",
+    "Subscriptions",
+    "Status",
+    "Delivery",
+    "RaiseResult",
+    "Settings",
+    "Transport",
+    "EventInterface",
+]

@@ -1,0 +1,284 @@
+"""The event interface: subscribe sockets to events, raise events.
+
+This is the part of OpenSIPS's ``evi/`` and of event_rabbitmq's raise glue
+that runs in the process raising the event. It builds the body once and hands
+it, with the subscriber sockets, to a :class:`Transport`. It never talks to
+RabbitMQ: the transport (the ``workers`` package) does, in another process.
+
+Programmer errors raise (a bad event name, a bad parameter, a bad socket).
+Runtime outcomes are returned: every raise gives a :class:`RaiseResult` with
+one :class:`Delivery`, and its :class:`Status`, per subscriber.
+"""
+
+import enum
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Protocol
+
+from .errors import ConfigError, EventSyntaxError, EventTooLargeError, OpseventError
+from .payload import Params, check_event_name, encode_event
+from .sockets import RabbitMQSocket, parse_socket
+from .subscriptions import Subscriptions
+
+__all__ = ["Status", "Delivery", "RaiseResult", "Settings", "Transport",
+           "EventInterface"]
+
+NOT_RUNNING_REASON = ("no RabbitMQ worker is running: start a workers.Supervisor "
+                      "or workers.serve(evi)")
+
+
+class Status(str, enum.Enum):
+    """What happened to one delivery. Only QUEUED and CONFIRMED are ok."""
+
+    QUEUED = "queued"            # async mode: handed to the worker
+    CONFIRMED = "confirmed"      # sync mode: the worker published it
+    QUEUE_FULL = "queue full"    # async mode: the worker is too far behind
+    TIMEOUT = "timeout"          # sync mode: no answer within sync_timeout
+    TOO_LARGE = "too large"      # body over MAX_BODY_SIZE; never sent
+    UNROUTABLE = "unroutable"    # the broker had no queue for the routing key
+    NACKED = "nacked"            # the broker refused the message
+    FAILED = "failed"            # connection or channel error; see the reason
+    NOT_RUNNING = "not running"  # no transport attached
+
+    @property
+    def ok(self) -> bool:
+        return self is Status.QUEUED or self is Status.CONFIRMED
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """The outcome of one event for one subscriber."""
+
+    socket: RabbitMQSocket
+    status: Status
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status.ok
+
+
+@dataclass(frozen=True)
+class RaiseResult:
+    """The outcome of one raise: true when every delivery is ok (or none)."""
+
+    event: str
+    deliveries: tuple[Delivery, ...]
+
+    def __bool__(self) -> bool:
+        return all(delivery.status.ok for delivery in self.deliveries)
+
+    @property
+    def failures(self) -> tuple[Delivery, ...]:
+        return tuple(delivery for delivery in self.deliveries if not delivery.ok)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How events are delivered. Times are in seconds.
+
+    heartbeat (0)
+        AMQP heartbeat interval, 0..65535; 0 disables it (guide 1.5.1).
+    sync_mode (False)
+        Wait for the worker to publish each event (guide 1.5.2); 0 and 1 are
+        accepted as in the guide and stored as bool.
+    sync_timeout (2.0)
+        In sync mode, how long a raise waits for the worker; > 0.
+    queue_size (100_000)
+        Most jobs waiting in the queue shared with the worker; >= 1.
+    connect_timeout (2.0)
+        How long the worker waits to connect to a broker; > 0.
+    drain_timeout (5.0)
+        How long shutdown keeps publishing what is queued; >= 0.
+    reconnect_min (0.1), reconnect_max (5.0)
+        Bounds of the worker's reconnect back-off; 0 < min <= max.
+    """
+
+    heartbeat: int = 0
+    sync_mode: bool = False
+    sync_timeout: float = 2.0
+    queue_size: int = 100_000
+    connect_timeout: float = 2.0
+    drain_timeout: float = 5.0
+    reconnect_min: float = 0.1
+    reconnect_max: float = 5.0
+
+    def __post_init__(self) -> None:
+        _check_int(self, "heartbeat", 0, 65535)
+        _check_int(self, "queue_size", 1, None)
+        if type(self.sync_mode) not in (bool, int) or self.sync_mode not in (0, 1):
+            raise ConfigError(
+                f"sync_mode must be a bool (or 0/1), not {self.sync_mode!r}")
+        object.__setattr__(self, "sync_mode", bool(self.sync_mode))
+        for name in ("sync_timeout", "connect_timeout", "reconnect_min",
+                     "reconnect_max"):
+            _check_seconds(self, name, positive=True)
+        _check_seconds(self, "drain_timeout", positive=False)
+        if self.reconnect_max < self.reconnect_min:
+            raise ConfigError(
+                f"reconnect_max ({self.reconnect_max}) is less than "
+                f"reconnect_min ({self.reconnect_min})")
+
+
+_SETTING_NAMES = frozenset(f.name for f in fields(Settings))
+
+
+def _check_int(settings: Settings, name: str, low: int, high: int | None) -> None:
+    value = getattr(settings, name)
+    span = f"{low}..{high}" if high is not None else f">= {low}"
+    if type(value) is not int:  # bool is an int, but never a count
+        raise ConfigError(
+            f"{name} must be an int ({span}), not {type(value).__name__} {value!r}")
+    if value < low or (high is not None and value > high):
+        raise ConfigError(f"{name} must be {span}, not {value}")
+
+
+def _check_seconds(settings: Settings, name: str, positive: bool) -> None:
+    value = getattr(settings, name)
+    rule = "> 0" if positive else ">= 0"
+    if type(value) not in (int, float):
+        raise ConfigError(f"{name} must be a number of seconds ({rule}), not "
+                          f"{type(value).__name__} {value!r}")
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise ConfigError(f"{name} must be a finite number of seconds {rule}, "
+                          f"not {value!r}")
+    object.__setattr__(settings, name, float(value))
+
+
+class Transport(Protocol):
+    """What carries event bodies to RabbitMQ (implemented by ``workers``)."""
+
+    def submit(self, sockets: tuple[RabbitMQSocket, ...], body: bytes,
+               sync: bool, timeout: float) -> Sequence[tuple[Status, str]]:
+        """Deliver *body* to every socket; one ``(status, reason)`` each, in order.
+
+        Async (``sync`` false): return QUEUED or QUEUE_FULL at once. Sync:
+        wait at most *timeout* seconds for the worker's answer.
+        """
+        ...
+
+
+class EventInterface:
+    """Subscriptions plus raising; what a front-end process holds.
+
+    ``EventInterface(heartbeat=3, sync_mode=True, sync_timeout=1.0)``: the
+    keyword arguments are the fields of :class:`Settings`.
+    """
+
+    def __init__(self, heartbeat: int = 0, sync_mode: bool = False,
+                 **settings) -> None:
+        unknown = sorted(settings.keys() - _SETTING_NAMES)
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; the "
+                              f"settings are {', '.join(sorted(_SETTING_NAMES))}")
+        self.settings = Settings(heartbeat=heartbeat, sync_mode=sync_mode,
+                                 **settings)
+        self.subscriptions = Subscriptions()
+        self._transport: Transport | None = None
+
+    @property
+    def transport(self) -> Transport | None:
+        return self._transport
+
+    def attach(self, transport: Transport) -> None:
+        """Send raised events through *transport* (replacing any other)."""
+        if not callable(getattr(transport, "submit", None)):
+            raise TypeError(f"a transport needs a submit() method; "
+                            f"{type(transport).__name__} has none")
+        self._transport = transport
+
+    def detach(self) -> Transport | None:
+        """Stop sending; raises then report NOT_RUNNING. Returns the old transport."""
+        transport, self._transport = self._transport, None
+        return transport
+
+    def subscribe_event(self, event: str, socket: str | RabbitMQSocket) -> bool:
+        """Subscribe *socket* (text or parsed) to *event*; False if it already was.
+
+        Subscribing again with another password replaces the password.
+        """
+        return self.subscriptions.add(event, _as_socket(socket))
+
+    def unsubscribe_event(self, event: str, socket: str | RabbitMQSocket) -> bool:
+        """Unsubscribe *socket* from *event*; False if it was not subscribed."""
+        return self.subscriptions.remove(event, _as_socket(socket))
+
+    def subscribers(self, event: str) -> tuple[RabbitMQSocket, ...]:
+        return self.subscriptions.get(event)
+
+    def raise_event(self, event: str, params: Params | None = None, *,
+                    attrs: Sequence[str | None] | None = None,
+                    vals: Sequence | None = None) -> RaiseResult:
+        """Send *event* to its subscribers; one Delivery per subscriber.
+
+        *params* is a mapping or ``(name, value)`` pairs. Or, as in the
+        guide's script, *vals* with optional *attrs* naming them one to one.
+        """
+        if attrs is not None or vals is not None:
+            params = _zip_attrs(params, attrs, vals)
+        try:
+            sockets = self.subscriptions.get(event)
+        except TypeError:  # unhashable: check_event_name says what is wrong
+            sockets = ()
+        if not sockets:
+            # Still validated: a typo in an event name should fail in tests
+            # even when nobody has subscribed yet.
+            check_event_name(event)
+            return RaiseResult(event, ())
+        try:
+            body = encode_event(event, params)
+        except EventTooLargeError as err:
+            return _same_for_all(event, sockets, Status.TOO_LARGE, str(err))
+        transport = self._transport
+        if transport is None:
+            return _same_for_all(event, sockets, Status.NOT_RUNNING,
+                                 NOT_RUNNING_REASON)
+        settings = self.settings
+        statuses = transport.submit(sockets, body, settings.sync_mode,
+                                    settings.sync_timeout)
+        if len(statuses) != len(sockets):
+            raise OpseventError(
+                f"{type(transport).__name__}.submit() gave {len(statuses)} "
+                f"statuses for {len(sockets)} sockets")
+        return RaiseResult(event, tuple(
+            Delivery(socket, status, reason)
+            for socket, (status, reason) in zip(sockets, statuses)))
+
+    def __repr__(self) -> str:
+        transport = type(self._transport).__name__ if self._transport else None
+        return (f"<EventInterface {self.settings!r} {self.subscriptions!r} "
+                f"transport={transport}>")
+
+
+def _as_socket(socket: str | RabbitMQSocket) -> RabbitMQSocket:
+    # Non-str, non-socket values fall through to parse_socket's type error.
+    return socket if isinstance(socket, RabbitMQSocket) else parse_socket(socket)
+
+
+def _zip_attrs(params, attrs, vals) -> list:
+    """Pair the guide's ``attrs``/``vals`` lists into ``(name, value)`` pairs."""
+    if params is not None:
+        raise EventSyntaxError("raise_event takes params, or attrs/vals, not both")
+    for what, values in (("attrs", attrs), ("vals", vals)):
+        if isinstance(values, (str, bytes)) or not (
+                values is None or isinstance(values, Sequence)):
+            raise EventSyntaxError(
+                f"{what} must be a list, not {type(values).__name__}")
+    vals = () if vals is None else vals
+    if attrs is None:
+        attrs = (None,) * len(vals)
+    if len(attrs) != len(vals):
+        raise EventSyntaxError(
+            f"attrs has {len(attrs)} names but vals has {len(vals)} values; "
+            f"they pair up one to one")
+    return list(zip(attrs, vals))
+
+
+def _same_for_all(event: str, sockets: tuple[RabbitMQSocket, ...],
+                  status: Status, reason: str) -> RaiseResult:
+    return RaiseResult(event, tuple(
+        Delivery(socket, status, reason) for socket in sockets))

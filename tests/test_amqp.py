@@ -1,0 +1,44 @@
+"""The pre-marshalled publish frames are byte-for-byte what pika would send."""
+
+import pytest
+from pika import frame, spec
+
+from workers.amqp import Publisher, method_frame
+
+
+def pika_frames(channel, exchange, routing_key, body, props, body_max):
+    parts = [frame.Method(channel, spec.Basic.Publish(exchange=exchange, routing_key=routing_key,
+                                                      mandatory=True)).marshal(),
+             frame.Header(channel, len(body), props).marshal()]
+    for start in range(0, len(body), body_max):
+        parts.append(frame.Body(channel, body[start:start + body_max]).marshal())
+    return b"".join(parts)
+
+
+CASES = [
+    ("default exchange, short body", "", "pike", b"E_PIKE_BLOCKED\nip::192.168.2.11\n"),
+    ("named exchange", "events", "sipmsg", b"E_SIP_MESSAGE\nuser::alice\nmsg::hi\n"),
+    ("empty body", "", "q", b""),
+    ("body of 16384 bytes", "x", "k", b"a" * 16384),
+    ("unicode names", "\u00e9change", "cl\u00e9", "\u00e9v\u00e9nement\n".encode()),
+    ("body larger than one frame", "", "big", bytes(range(256)) * 600),
+]
+
+
+@pytest.mark.parametrize("what, exchange, routing_key, body", CASES, ids=[c[0] for c in CASES])
+def test_publish_frames_equal_what_pika_marshals(what, exchange, routing_key, body):
+    props = spec.BasicProperties(content_type="text/plain")
+    publisher = Publisher(1, props, frame_max=131072)
+    assert publisher.frames(exchange, routing_key, body) == pika_frames(1, exchange, routing_key, body,
+                                                                        props, 131072 - 8)
+
+
+def test_a_small_frame_max_splits_the_body_like_pika():
+    props = spec.BasicProperties()
+    body = b"0123456789" * 1000
+    assert Publisher(3, props, frame_max=4096).frames("", "k", body) == pika_frames(3, "", "k", body, props, 4088)
+
+
+def test_a_routing_key_over_255_bytes_is_refused_with_its_length():
+    with pytest.raises(ValueError, match="routing key is 256 bytes"):
+        method_frame(1, "", "k" * 256, True)

@@ -1,0 +1,256 @@
+"""EventInterface: raising through a fake transport, results, settings."""
+
+import pytest
+
+from opsevent import (
+    ConfigError,
+    Delivery,
+    EventInterface,
+    EventSyntaxError,
+    EventValueTypeError,
+    OpseventError,
+    RaiseResult,
+    Settings,
+    Status,
+    parse_socket,
+)
+
+PIKE = "rabbitmq:127.0.0.1/pike"
+QUEUE = "rabbitmq:127.0.0.1/queue"
+SIPMSG = "rabbitmq:127.0.0.1/sipmsg"
+
+
+class RecordingTransport:
+    """Records every submit and answers with fixed statuses (or QUEUED)."""
+
+    def __init__(self, answers=None):
+        self.calls = []
+        self.answers = answers
+
+    def submit(self, sockets, body, sync, timeout):
+        self.calls.append((sockets, body, sync, timeout))
+        if self.answers is not None:
+            return self.answers
+        return [(Status.QUEUED, "")] * len(sockets)
+
+
+def interface(*sockets, transport=None, **settings):
+    evi = EventInterface(**settings)
+    for socket in sockets:
+        evi.subscribe_event("E_SIP_MESSAGE", socket)
+    if transport is not None:
+        evi.attach(transport)
+    return evi
+
+
+def test_raising_with_no_subscribers_succeeds_without_the_transport():
+    transport = RecordingTransport()
+    evi = interface(transport=transport)
+    result = evi.raise_event("E_RABBITMQ_EVENT", {"a": 1.5})  # body never built
+    assert result == RaiseResult("E_RABBITMQ_EVENT", ())
+    assert bool(result) is True
+    assert transport.calls == []
+
+
+@pytest.mark.parametrize("event", ["", "E,X", "E\nX"])
+def test_a_bad_event_name_raises_even_with_no_subscribers(event):
+    with pytest.raises(EventSyntaxError):
+        interface().raise_event(event)
+
+
+def test_an_unhashable_event_name_is_a_clear_type_error():
+    with pytest.raises(EventValueTypeError, match="event name must be a str, not list"):
+        interface(SIPMSG).raise_event(["E_SIP_MESSAGE"])
+
+
+SIP_BODY = b'E_SIP_MESSAGE\nuser::alice\nmsg::"hello, world"\n'
+
+
+@pytest.mark.parametrize("args, kwargs, body", [
+    (({"user": "alice", "msg": "hello, world"},), {}, SIP_BODY),
+    (([("user", "alice"), ("msg", "hello, world")],), {}, SIP_BODY),
+    ((), {"attrs": ["user", "msg"], "vals": ["alice", "hello, world"]}, SIP_BODY),
+    ((), {"vals": ["alice", 7]}, b"E_SIP_MESSAGE\nalice\n7\n"),
+    ((), {"attrs": [], "vals": []}, b"E_SIP_MESSAGE\n"),
+    ((), {}, b"E_SIP_MESSAGE\n"),
+    ((None,), {}, b"E_SIP_MESSAGE\n"),
+])
+def test_every_form_of_parameters_gives_the_expected_body(args, kwargs, body):
+    transport = RecordingTransport()
+    evi = interface(SIPMSG, transport=transport)
+    result = evi.raise_event("E_SIP_MESSAGE", *args, **kwargs)
+    assert [call[1] for call in transport.calls] == [body]
+    assert result.deliveries == (Delivery(parse_socket(SIPMSG), Status.QUEUED, ""),)
+
+
+def test_the_body_is_built_once_for_all_subscribers():
+    transport = RecordingTransport()
+    evi = interface(PIKE, QUEUE, SIPMSG, transport=transport)
+    result = evi.raise_event("E_SIP_MESSAGE", {"user": "alice"})
+    (sockets, body, sync, timeout), = transport.calls
+    assert sockets == tuple(parse_socket(s) for s in (PIKE, QUEUE, SIPMSG))
+    assert body == b"E_SIP_MESSAGE\nuser::alice\n"
+    assert (sync, timeout) == (False, 2.0)
+    assert [d.socket for d in result.deliveries] == list(sockets)
+
+
+def test_the_transport_gets_the_sync_settings():
+    transport = RecordingTransport()
+    evi = interface(SIPMSG, transport=transport, sync_mode=1, sync_timeout=0.5)
+    evi.raise_event("E_SIP_MESSAGE")
+    assert transport.calls[0][2:] == (True, 0.5)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"attrs": ["user", "msg"], "vals": ["alice"]}, "attrs has 2 names but vals has 1 values"),
+    ({"attrs": ["user"], "vals": ["alice", "hi"]}, "attrs has 1 names but vals has 2 values"),
+    ({"attrs": ["user"]}, "attrs has 1 names but vals has 0 values"),
+    ({"attrs": "user", "vals": ["alice"]}, "attrs must be a list, not str"),
+    ({"vals": "alice"}, "vals must be a list, not str"),
+])
+def test_attrs_and_vals_that_do_not_pair_up_are_refused(kwargs, message):
+    transport = RecordingTransport()
+    evi = interface(SIPMSG, transport=transport)
+    with pytest.raises(EventSyntaxError, match=message):
+        evi.raise_event("E_SIP_MESSAGE", **kwargs)
+    assert transport.calls == []
+
+
+def test_params_and_attrs_together_are_refused():
+    with pytest.raises(EventSyntaxError, match="params, or attrs/vals, not both"):
+        interface().raise_event("E_X", {"a": "b"}, vals=["c"])
+
+
+def test_a_bad_parameter_raises_and_nothing_is_sent():
+    transport = RecordingTransport()
+    evi = interface(SIPMSG, transport=transport)
+    with pytest.raises(EventValueTypeError, match="parameter 'user' of event"):
+        evi.raise_event("E_SIP_MESSAGE", {"user": 1.5})
+    assert transport.calls == []
+
+
+def test_a_body_over_the_limit_is_too_large_for_every_subscriber_and_never_sent():
+    transport = RecordingTransport()
+    evi = interface(PIKE, QUEUE, transport=transport)
+    result = evi.raise_event("E_SIP_MESSAGE", {"msg": "x" * 20000})
+    assert [d.status for d in result.deliveries] == [Status.TOO_LARGE] * 2
+    assert all("over the 16384-byte limit" in d.reason for d in result.deliveries)
+    assert not result
+    assert transport.calls == []
+
+
+def test_without_a_transport_every_subscriber_is_not_running():
+    evi = interface(PIKE, QUEUE)
+    result = evi.raise_event("E_SIP_MESSAGE")
+    assert [d.status for d in result.deliveries] == [Status.NOT_RUNNING] * 2
+    assert "start a workers.Supervisor or workers.serve(evi)" in result.deliveries[0].reason
+    assert result.failures == result.deliveries
+    assert not result
+
+
+def test_detach_returns_the_transport_and_stops_sending():
+    transport = RecordingTransport()
+    evi = interface(PIKE, transport=transport)
+    assert evi.transport is transport
+    assert evi.detach() is transport
+    assert evi.transport is None
+    assert evi.raise_event("E_SIP_MESSAGE").deliveries[0].status is Status.NOT_RUNNING
+    assert transport.calls == []
+
+
+def test_attaching_something_without_submit_is_refused():
+    with pytest.raises(TypeError, match="needs a submit"):
+        EventInterface().attach(object())
+
+
+def test_the_result_is_false_when_any_delivery_fails():
+    transport = RecordingTransport([(Status.CONFIRMED, ""), (Status.TIMEOUT, "no answer in 2.0s")])
+    evi = interface(PIKE, QUEUE, transport=transport)
+    result = evi.raise_event("E_SIP_MESSAGE")
+    assert not result
+    assert result.failures == (Delivery(parse_socket(QUEUE), Status.TIMEOUT, "no answer in 2.0s"),)
+    assert [d.ok for d in result.deliveries] == [True, False]
+
+
+def test_a_transport_giving_the_wrong_number_of_statuses_is_an_error():
+    evi = interface(PIKE, QUEUE, transport=RecordingTransport([(Status.QUEUED, "")]))
+    with pytest.raises(OpseventError, match="gave 1 statuses for 2 sockets"):
+        evi.raise_event("E_SIP_MESSAGE")
+
+
+@pytest.mark.parametrize("status, ok", [
+    (Status.QUEUED, True), (Status.CONFIRMED, True), (Status.QUEUE_FULL, False),
+    (Status.TIMEOUT, False), (Status.TOO_LARGE, False), (Status.UNROUTABLE, False),
+    (Status.NACKED, False), (Status.FAILED, False), (Status.NOT_RUNNING, False),
+])
+def test_only_queued_and_confirmed_are_ok(status, ok):
+    assert status.ok is ok
+    assert str(status) == status.value
+    assert Status(status.value) is status
+
+
+def test_subscribing_accepts_text_or_a_parsed_socket_and_reports_novelty():
+    evi = EventInterface()
+    assert evi.subscribe_event("E_X", PIKE) is True
+    assert evi.subscribe_event("E_X", parse_socket(PIKE)) is False
+    assert evi.subscribers("E_X") == (parse_socket(PIKE),)
+    assert evi.unsubscribe_event("E_X", PIKE) is True
+    assert evi.unsubscribe_event("E_X", PIKE) is False
+    assert evi.subscribers("E_X") == ()
+
+
+def test_the_guides_module_parameters_map_onto_settings():
+    evi = EventInterface(heartbeat=3, sync_mode=1)
+    assert evi.settings == Settings(heartbeat=3, sync_mode=True)
+    assert evi.settings.sync_mode is True
+
+
+def test_settings_defaults_are_the_documented_ones():
+    assert Settings() == Settings(heartbeat=0, sync_mode=False, sync_timeout=2.0,
+                                  queue_size=100_000, connect_timeout=2.0,
+                                  drain_timeout=5.0, reconnect_min=0.1,
+                                  reconnect_max=5.0)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"heartbeat": -1}, "heartbeat must be 0..65535, not -1"),
+    ({"heartbeat": 65536}, "heartbeat must be 0..65535, not 65536"),
+    ({"heartbeat": True}, "heartbeat must be an int (0..65535), not bool True"),
+    ({"heartbeat": "x"}, "heartbeat must be an int (0..65535), not str 'x'"),
+    ({"heartbeat": 1.0}, "heartbeat must be an int"),
+    ({"sync_mode": 2}, "sync_mode must be a bool (or 0/1), not 2"),
+    ({"sync_mode": "yes"}, "sync_mode must be a bool (or 0/1), not 'yes'"),
+    ({"sync_timeout": 0}, "sync_timeout must be a finite number of seconds > 0, not 0"),
+    ({"sync_timeout": float("nan")}, "sync_timeout must be a finite number"),
+    ({"sync_timeout": "2"}, "sync_timeout must be a number of seconds (> 0), not str '2'"),
+    ({"queue_size": 0}, "queue_size must be >= 1, not 0"),
+    ({"queue_size": 10.0}, "queue_size must be an int (>= 1), not float 10.0"),
+    ({"connect_timeout": -1}, "connect_timeout must be a finite number of seconds > 0"),
+    ({"drain_timeout": -0.5}, "drain_timeout must be a finite number of seconds >= 0, not -0.5"),
+    ({"drain_timeout": float("inf")}, "drain_timeout must be a finite number"),
+    ({"reconnect_min": 0}, "reconnect_min must be a finite number of seconds > 0"),
+    ({"reconnect_min": 2.0, "reconnect_max": 1.0},
+     "reconnect_max (1.0) is less than reconnect_min (2.0)"),
+])
+def test_a_bad_setting_is_refused_naming_the_parameter_and_value(kwargs, message):
+    with pytest.raises(ConfigError) as caught:
+        Settings(**kwargs)
+    assert message in str(caught.value)
+    assert isinstance(caught.value, ValueError)
+    with pytest.raises(ConfigError):
+        EventInterface(**kwargs)
+
+
+def test_an_unknown_setting_is_refused_by_name():
+    with pytest.raises(ConfigError, match="unknown setting.* heartbeet"):
+        EventInterface(heartbeet=3)
+
+
+def test_drain_timeout_of_zero_is_allowed():
+    assert Settings(drain_timeout=0).drain_timeout == 0.0
+
+
+def test_the_repr_of_an_interface_shows_no_passwords():
+    evi = interface("rabbitmq:u:s3cr3t@mq/k", transport=RecordingTransport())
+    assert "s3cr3t" not in repr(evi)
+    assert "RecordingTransport" in repr(evi)

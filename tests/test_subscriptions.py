@@ -1,0 +1,131 @@
+"""The subscription table: who gets which event, and thread safety."""
+
+import threading
+
+import pytest
+
+from opsevent import EventSyntaxError, RabbitMQSocket, Subscriptions, parse_socket
+from opsevent.errors import SocketTypeError
+
+PIKE = parse_socket("rabbitmq:127.0.0.1/pike")
+QUEUE = parse_socket("rabbitmq:127.0.0.1/queue")
+SIPMSG = parse_socket("rabbitmq:mq:5673/amq.topic?sipmsg")
+
+
+def test_an_event_can_have_several_subscribers_in_subscription_order():
+    table = Subscriptions()
+    assert table.add("E_PIKE_BLOCKED", PIKE) is True
+    assert table.add("E_PIKE_BLOCKED", QUEUE) is True
+    assert table.add("E_SIP_MESSAGE", SIPMSG) is True
+    assert table.get("E_PIKE_BLOCKED") == (PIKE, QUEUE)
+    assert table.get("E_SIP_MESSAGE") == (SIPMSG,)
+    assert table.events() == ("E_PIKE_BLOCKED", "E_SIP_MESSAGE")
+    assert table.items() == (("E_PIKE_BLOCKED", (PIKE, QUEUE)),
+                             ("E_SIP_MESSAGE", (SIPMSG,)))
+
+
+def test_the_same_socket_twice_is_one_subscriber():
+    table = Subscriptions()
+    assert table.add("E_X", parse_socket("rabbitmq:127.0.0.1/pike")) is True
+    assert table.add("E_X", parse_socket("rabbitmq:guest:guest@127.0.0.1:5672/pike")) is False
+    assert len(table.get("E_X")) == 1
+
+
+def test_a_later_password_wins_and_keeps_the_subscribers_place():
+    table = Subscriptions()
+    table.add("E_X", parse_socket("rabbitmq:u:old@mq/a"))
+    table.add("E_X", parse_socket("rabbitmq:mq/b"))
+    assert table.add("E_X", parse_socket("rabbitmq:u:new@mq/a")) is False
+    first, second = table.get("E_X")
+    assert (first.routing_key, first.password) == ("a", "new")
+    assert second.routing_key == "b"
+
+
+def test_unsubscribing_removes_only_that_socket():
+    table = Subscriptions()
+    table.add("E_X", PIKE)
+    table.add("E_X", QUEUE)
+    # Equality ignores the password, so any password unsubscribes.
+    assert table.remove("E_X", parse_socket("rabbitmq:guest:other@127.0.0.1/pike")) is True
+    assert table.get("E_X") == (QUEUE,)
+    assert table.remove("E_X", PIKE) is False
+    assert table.remove("E_X", QUEUE) is True
+    assert table.get("E_X") == ()
+    assert table.events() == ()
+
+
+def test_an_unknown_event_has_no_subscribers():
+    table = Subscriptions()
+    assert table.get("E_NOBODY") == ()
+    assert table.remove("E_NOBODY", PIKE) is False
+
+
+def test_a_snapshot_does_not_change_under_a_later_write():
+    table = Subscriptions()
+    table.add("E_X", PIKE)
+    snapshot = table.get("E_X")
+    items = table.items()
+    table.add("E_X", QUEUE)
+    table.remove("E_X", PIKE)
+    assert snapshot == (PIKE,)
+    assert items == (("E_X", (PIKE,)),)
+
+
+@pytest.mark.parametrize("event, message", [
+    ("", "event name is empty"),
+    ("E,X", "has ','"),
+    ("E\nX", "has '\\\\n'"),
+])
+def test_subscribing_to_a_bad_event_name_is_refused(event, message):
+    table = Subscriptions()
+    with pytest.raises(EventSyntaxError, match=message):
+        table.add(event, PIKE)
+    assert table.events() == ()
+
+
+@pytest.mark.parametrize("socket", ["rabbitmq:127.0.0.1/pike", None, ("mq", 5672)])
+def test_a_subscriber_must_be_a_parsed_socket(socket):
+    with pytest.raises(SocketTypeError, match="must be a RabbitMQSocket"):
+        Subscriptions().add("E_X", socket)
+
+
+def test_the_repr_shows_counts_and_no_passwords():
+    table = Subscriptions()
+    table.add("E_X", parse_socket("rabbitmq:u:s3cr3t@mq/a"))
+    table.add("E_Y", PIKE)
+    assert repr(table) == "<Subscriptions: 2 events, 2 subscriptions>"
+
+
+def test_concurrent_writers_leave_a_consistent_table():
+    table = Subscriptions()
+    sockets = [RabbitMQSocket("guest", "guest", "mq", 5672, "", f"q{n}")
+               for n in range(40)]
+    keep, drop = sockets[::2], sockets[1::2]
+    start = threading.Barrier(8)
+
+    def writer(worker: int) -> None:
+        start.wait()
+        for _ in range(25):
+            for sock in sockets[worker::8]:
+                table.add("E_X", sock)
+                table.add(f"E_{worker}", sock)
+            for sock in drop[worker % 4::4]:
+                table.remove("E_X", sock)
+        for sock in drop:
+            table.remove("E_X", sock)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    seen = []
+    while any(thread.is_alive() for thread in threads):
+        current = table.get("E_X")
+        seen.append(len(current) == len(set(current)))
+    for thread in threads:
+        thread.join()
+
+    assert all(seen)  # readers never saw a socket twice
+    assert set(table.get("E_X")) == set(keep)
+    assert len(table.get("E_X")) == len(keep)
+    for worker in range(8):
+        assert table.get(f"E_{worker}") == tuple(sockets[worker::8])

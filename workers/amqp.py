@@ -1,0 +1,73 @@
+"""Pre-marshalled AMQP 0-9-1 frames for ``basic.publish``.
+
+pika builds three Python frame objects per publish and hands each to the
+socket separately; at tens of thousands of events per second that per-message
+cost, not the broker, is the limit (``shared/notes/perf-anchors.md``).  The
+worker publishes every event with the same few shapes, so it marshals them
+here once and joins many publishes into one write.
+
+Wire layout (AMQP 0-9-1 section 4.2.3), every frame::
+
+    type:octet  channel:short  size:long  payload:size octets  0xCE
+
+* method frame (type 1): ``class 60, method 40`` + ``reserved-1:short`` +
+  ``exchange:shortstr`` + ``routing-key:shortstr`` + ``bits`` (bit 0 mandatory);
+* content header (type 2): ``class 60, weight 0, body-size:longlong`` +
+  property flags and list (encoded by pika's ``BasicProperties``, once);
+* body (type 3): the payload.  Bodies are at most 16384 bytes while the
+  negotiated frame-max is at least 4096 on RabbitMQ and 131072 by default, so
+  a body is split only when it exceeds ``frame_max - 8``.
+
+``tests/test_amqp.py`` checks these bytes against pika's own marshalling.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from pika import spec
+
+FRAME_END = b"\xce"
+_FRAME_HEAD = struct.Struct(">BHI")
+_HEADER_HEAD = struct.Struct(">HHQ")
+MAX_SHORTSTR = 255
+
+
+def shortstr(text: str, what: str) -> bytes:
+    raw = text.encode("utf-8")
+    if len(raw) > MAX_SHORTSTR:
+        raise ValueError(f"{what} is {len(raw)} bytes; AMQP allows at most {MAX_SHORTSTR}")
+    return bytes((len(raw),)) + raw
+
+
+def method_frame(channel: int, exchange: str, routing_key: str, mandatory: bool) -> bytes:
+    """The marshalled ``basic.publish`` method frame for one destination."""
+    payload = (struct.pack(">HHH", spec.Basic.Publish.INDEX >> 16, spec.Basic.Publish.INDEX & 0xFFFF, 0)
+               + shortstr(exchange, "exchange name")
+               + shortstr(routing_key, "routing key")
+               + bytes((1 if mandatory else 0,)))
+    return _FRAME_HEAD.pack(1, channel, len(payload)) + payload + FRAME_END
+
+
+class Publisher:
+    """Frames for publishing on one channel with fixed message properties."""
+
+    def __init__(self, channel: int, properties: spec.BasicProperties, frame_max: int):
+        self.channel = channel
+        self._props = b"".join(properties.encode())
+        self._body_max = frame_max - 8
+        self._methods: dict[tuple[str, str], bytes] = {}
+
+    def frames(self, exchange: str, routing_key: str, body: bytes) -> bytes:
+        """All frames of one mandatory publish; raises ValueError on a bad name."""
+        key = (exchange, routing_key)
+        method = self._methods.get(key)
+        if method is None:
+            method = self._methods[key] = method_frame(self.channel, exchange, routing_key, True)
+        size = len(body)
+        header_payload = _HEADER_HEAD.pack(60, 0, size) + self._props
+        parts = [method, _FRAME_HEAD.pack(2, self.channel, len(header_payload)), header_payload, FRAME_END]
+        for start in range(0, size, self._body_max):
+            chunk = body[start:start + self._body_max]
+            parts += (_FRAME_HEAD.pack(3, self.channel, len(chunk)), chunk, FRAME_END)
+        return b"".join(parts)

@@ -1,0 +1,348 @@
+"""One AMQP connection to one broker, owned by the RabbitMQ worker.
+
+Theory of operation:
+
+* A ``BrokerLink`` exists per distinct broker identity (host, port, user,
+  password, vhost) and carries every subscription on that broker over one
+  pika ``SelectConnection`` and one channel in confirm mode, driven by the
+  worker's single I/O loop.  It connects lazily, on the first item.
+* ``submit(item)`` either writes the item's frames (connected, not blocked)
+  or keeps it in ``pending``.  Written items wait in ``inflight`` under their
+  delivery tag until the broker acks (``confirmed``), nacks, or returns them
+  (``unroutable``: every publish is mandatory).
+* When the connection drops, every unresolved in-flight item goes back to the
+  front of ``pending``, in order, and is published again after the reconnect:
+  at-least-once.  Reconnects back off exponentially, with jitter, between
+  ``reconnect_min`` and ``reconnect_max``.
+* A failed connect fails the waiting *sync* items at once with the reason
+  (their callers are blocked); async items wait in ``pending``, bounded.
+* ``sweep(now)`` (called by the worker every tick) fails sync items whose
+  caller is about to give up, with the reason they are stuck, and notices a
+  silent broker when heartbeats are on.
+* ``done(item, status, reason)`` is the worker's callback; it is called
+  exactly once per item.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import random
+import re
+import time
+
+import pika
+from pika import exceptions, spec
+from pika.adapters.utils.connection_workflow import AMQPConnectorSocketConnectError
+
+from opsevent import Status
+from workers.amqp import Publisher
+
+log = logging.getLogger(__name__)
+
+IDLE, CONNECTING, READY, CLOSING, CLOSED = "idle", "connecting", "ready", "closing", "closed"
+_NO_EXCHANGE = re.compile(r"no exchange '(.*)' in vhost")
+_PROPERTIES = spec.BasicProperties(content_type="text/plain")
+
+
+class Item:
+    """One job's publish to one socket."""
+
+    __slots__ = ("job", "index", "exchange", "routing_key", "body", "deadline", "returned", "resolved")
+
+    def __init__(self, job, index, exchange, routing_key, body, deadline):
+        self.job = job
+        self.index = index
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.body = body
+        self.deadline = deadline  # monotonic time a sync caller stops waiting; None for async
+        self.returned = None  # basic.return reply text, when the broker returned it
+        self.resolved = False
+
+
+class BrokerLink:
+    def __init__(self, key, label, settings, ioloop, done):
+        # key = (host, port, user, password, vhost): secret-bearing, never logged.
+        self.key = key
+        self.label = label
+        self.settings = settings
+        self.ioloop = ioloop
+        self.done = done
+        self.state = IDLE
+        self.blocked = ""  # connection.blocked reason while the broker refuses publishes
+        self.pending: collections.deque[Item] = collections.deque()
+        self.inflight: collections.OrderedDict[int, Item] = collections.OrderedDict()
+        self.last_error = ""
+        self.stats = collections.Counter()
+        self._conn = None
+        self._channel = None
+        self._publisher = None
+        self._tag = 0
+        self._out: list[bytes] = []
+        self._backoff = settings.reconnect_min
+        self._next_try = 0.0
+        self._retry_timer = None
+        self._last_rx = (0, 0.0)  # (bytes received, when that count last changed)
+
+    # ---- items -------------------------------------------------------------
+
+    def submit(self, item: Item) -> None:
+        if self.state is READY and not self.blocked:
+            self._write(item)
+            return
+        if len(self.pending) >= self.settings.queue_size:
+            self._resolve(item, Status.FAILED,
+                          f"{self.label}: backlog full ({len(self.pending)} events waiting for the broker)")
+            self.stats["dropped"] += 1
+            return
+        self.pending.append(item)
+        if self.state is IDLE and self._retry_timer is None:
+            self._schedule_connect(max(0.0, self._next_try - time.monotonic()))
+
+    def _write(self, item: Item) -> None:
+        try:
+            frames = self._publisher.frames(item.exchange, item.routing_key, item.body)
+        except ValueError as exc:
+            self._resolve(item, Status.FAILED, str(exc))
+            return
+        self._tag += 1
+        self.inflight[self._tag] = item
+        self._out.append(frames)
+        self.stats["published"] += 1
+
+    def flush(self) -> None:
+        """Hand everything written since the last flush to pika as one buffer."""
+        if self._out:
+            data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+            self._out = []
+            # One emit per batch: pika sends each buffer with its own send().
+            self._conn._adapter_emit_data(data)
+
+    def _resolve(self, item: Item, status: Status, reason: str = "") -> None:
+        if not item.resolved:
+            item.resolved = True
+            self.stats[status.name.lower()] += 1
+            self.done(item, status, reason)
+
+    @property
+    def idle(self) -> bool:
+        return not self.pending and not self.inflight
+
+    # ---- connection ----------------------------------------------------------
+
+    def _schedule_connect(self, delay: float) -> None:
+        self._retry_timer = self.ioloop.call_later(delay, self._connect)
+
+    def _connect(self) -> None:
+        self._retry_timer = None
+        if self.state is not IDLE:
+            return
+        host, port, user, password, vhost = self.key
+        s = self.settings
+        params = pika.ConnectionParameters(
+            host=host, port=port, virtual_host=vhost,
+            credentials=pika.PlainCredentials(user, password),
+            heartbeat=s.heartbeat, connection_attempts=1, retry_delay=0,
+            socket_timeout=s.connect_timeout, stack_timeout=s.connect_timeout,
+            blocked_connection_timeout=None,
+            client_properties={"connection_name": f"opsevent rabbitmq-worker pid {os.getpid()}"})
+        self.state = CONNECTING
+        self._conn = pika.SelectConnection(
+            params, on_open_callback=self._on_open, on_open_error_callback=self._on_open_error,
+            on_close_callback=self._on_closed, custom_ioloop=self.ioloop)
+        self._conn.add_on_connection_blocked_callback(self._on_blocked)
+        self._conn.add_on_connection_unblocked_callback(self._on_unblocked)
+
+    def _on_open(self, conn) -> None:
+        self._last_rx = (conn.bytes_received, time.monotonic())
+        conn.channel(on_open_callback=self._on_channel_open)
+
+    def _on_channel_open(self, channel) -> None:
+        self._channel = channel
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_return_callback(self._on_return)
+        channel.confirm_delivery(self._on_confirm, callback=self._on_confirm_ok)
+
+    def _on_confirm_ok(self, _unused_frame) -> None:
+        self._publisher = Publisher(self._channel.channel_number, _PROPERTIES, self._conn.params.frame_max)
+        self._tag = 0
+        self.state = READY
+        self._backoff = self.settings.reconnect_min
+        if self.last_error:
+            log.info("%s: connected again", self.label)
+            self.last_error = ""
+        self._drain_pending()
+
+    def _drain_pending(self) -> None:
+        if self.blocked:
+            return
+        pending, self.pending = self.pending, collections.deque()
+        for item in pending:
+            if not item.resolved:
+                self._write(item)
+        self.flush()
+
+    def _on_open_error(self, _unused_conn, error) -> None:
+        if isinstance(error, (exceptions.ProbableAuthenticationError, exceptions.ProbableAccessDeniedError)):
+            host, port, user, _unused_password, vhost = self.key
+            reason = f"access refused for user '{user}' at {host}:{port} (vhost '{vhost}')"
+        else:
+            reason = f"cannot connect to {self.label}: {_describe(error)}"
+        self._lost(reason, connect_failed=True)
+
+    def _on_closed(self, _unused_conn, error) -> None:
+        if self.state is CLOSING:
+            self.state = CLOSED
+            for item in list(self.inflight.values()) + list(self.pending):
+                self._resolve(item, Status.FAILED, f"{self.label}: connection closed at shutdown")
+            return
+        self.stats["connection_lost"] += 1
+        self._lost(f"connection to {self.label} lost: {_describe(error)}", connect_failed=False)
+
+    def _lost(self, reason: str, connect_failed: bool) -> None:
+        """Requeue what was in flight, fail waiting sync callers, back off."""
+        was_ready = self.state is READY
+        self.state = IDLE
+        self.blocked = ""
+        self._conn = self._channel = self._publisher = None
+        self._out = []
+        self._requeue_inflight()
+        self.last_error = reason
+        if connect_failed:
+            for item in [i for i in self.pending if i.deadline is not None]:
+                self._resolve(item, Status.FAILED, reason)
+            self.pending = collections.deque(i for i in self.pending if not i.resolved)
+        # First retry at once after losing a working connection (a broker
+        # restart); after that, capped exponential backoff with jitter.
+        delay = 0.0 if was_ready else self._backoff * random.uniform(0.5, 1.0)
+        if not was_ready:
+            self._backoff = min(self._backoff * 2, self.settings.reconnect_max)
+        self._next_try = time.monotonic() + delay
+        log.warning("%s; %d events waiting; next attempt in %.2f s", reason, len(self.pending), delay)
+        if self.pending and self.state is IDLE:
+            self._schedule_connect(delay)
+
+    def _requeue_inflight(self) -> None:
+        unconfirmed = [item for item in self.inflight.values() if not item.resolved]
+        self.inflight.clear()
+        self.stats["republished"] += len(unconfirmed)
+        self.pending.extendleft(reversed(unconfirmed))
+
+    # ---- broker callbacks ------------------------------------------------------
+
+    def _on_confirm(self, frame) -> None:
+        method = frame.method
+        acked = isinstance(method, spec.Basic.Ack)
+        if method.multiple:
+            tags = []
+            for tag in self.inflight:
+                if tag > method.delivery_tag:
+                    break
+                tags.append(tag)
+        else:
+            tags = [method.delivery_tag]
+        for tag in tags:
+            item = self.inflight.pop(tag, None)
+            if item is None:
+                continue
+            if not acked:
+                self._resolve(item, Status.NACKED, f"{self.label}: the broker nacked the message")
+            elif item.returned is not None:
+                self._resolve(item, Status.UNROUTABLE, item.returned)
+            else:
+                self._resolve(item, Status.CONFIRMED)
+
+    def _on_return(self, _unused_channel, method, _unused_props, body) -> None:
+        # basic.return carries no delivery tag; it comes before the ack of the
+        # same message, so mark the oldest matching unacked publish.
+        for item in self.inflight.values():
+            if (item.returned is None and item.routing_key == method.routing_key
+                    and item.exchange == method.exchange and item.body == body):
+                item.returned = (f"unroutable: no queue bound to exchange '{method.exchange}' with routing "
+                                 f"key '{method.routing_key}' on {self.label} ({method.reply_text})")
+                return
+
+    def _on_channel_closed(self, _unused_channel, error) -> None:
+        if self.state is not READY:
+            return
+        reason = f"{self.label}: channel closed by the broker: {_describe(error)}"
+        log.warning("%s", reason)
+        match = _NO_EXCHANGE.search(str(error))
+        for item in list(self.inflight.values()):
+            if match is None or item.exchange == match.group(1):
+                self._resolve(item, Status.FAILED, reason)
+        self._requeue_inflight()
+        self.state = CONNECTING
+        self._channel = self._publisher = None
+        self._out = []
+        self._conn.channel(on_open_callback=self._on_channel_open)
+
+    def _on_blocked(self, _unused_conn, frame) -> None:
+        self.blocked = f"broker blocked: {self.label} sent connection.blocked ({frame.method.reason})"
+        log.warning("%s", self.blocked)
+
+    def _on_unblocked(self, _unused_conn, _unused_frame) -> None:
+        log.info("%s: connection.unblocked; publishing %d waiting events", self.label, len(self.pending))
+        self.blocked = ""
+        if self.state is READY:
+            self._drain_pending()
+
+    # ---- time ----------------------------------------------------------------
+
+    def sweep(self, now: float) -> None:
+        """Fail sync items whose caller is about to give up; notice a silent broker."""
+        for items in (self.pending, self.inflight.values()):
+            for item in [i for i in items if i.deadline is not None and i.deadline <= now]:
+                self._resolve(item, Status.TIMEOUT, self._why_stuck())
+        if self.pending and any(i.resolved for i in self.pending):
+            self.pending = collections.deque(i for i in self.pending if not i.resolved)
+        hb = self.settings.heartbeat
+        if hb and self.state in (READY, CONNECTING) and self._conn is not None and self._conn.is_open:
+            received, since = self._last_rx
+            if self._conn.bytes_received != received:
+                self._last_rx = (self._conn.bytes_received, now)
+            elif now - since > 2 * hb:
+                # The broker sends a heartbeat every hb/2 s; 2*hb of silence is a dead peer.
+                self._conn._terminate_stream(exceptions.AMQPHeartbeatTimeout(
+                    f"no traffic from the broker for {now - since:.1f} s (heartbeat {hb} s)"))
+
+    def _why_stuck(self) -> str:
+        if self.blocked:
+            return self.blocked
+        if self.state is READY:
+            return f"{self.label}: no confirm from the broker before the sync timeout"
+        return self.last_error or f"{self.label}: not connected yet"
+
+    def close(self) -> None:
+        """Start a clean close; the caller keeps the I/O loop running until ``closed``."""
+        if self._retry_timer is not None:
+            self.ioloop.remove_timeout(self._retry_timer)
+            self._retry_timer = None
+        if self._conn is not None and self._conn.is_open:
+            self.state = CLOSING
+            self._conn.close()
+        elif self._conn is not None and not self._conn.is_closed:
+            # Still opening: pika refuses close() then; abort the attempt.
+            self.state = CLOSING
+            self._conn._terminate_stream(exceptions.StreamLostError("shutdown while connecting"))
+        else:
+            self.state = CLOSING
+            self._on_closed(None, None)
+
+    def abort(self, why: str) -> None:
+        """Drop the connection without a close handshake (a frozen broker)."""
+        if self._conn is not None and self.state is CLOSING and not self._conn.is_closed:
+            self._conn._terminate_stream(exceptions.StreamLostError(why))
+
+    @property
+    def closed(self) -> bool:
+        return self.state is CLOSED
+
+
+def _describe(error) -> str:
+    if isinstance(error, AMQPConnectorSocketConnectError):
+        return f"TCP connect failed ({error})"
+    text = str(error) or type(error).__name__
+    return f"{type(error).__name__}: {text}"

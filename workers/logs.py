@@ -1,0 +1,42 @@
+"""One log stream from every process (multiprocessing-logging).
+
+Every child's records are sent to the main process and emitted by the main
+process's own handlers, each naming the process that logged it
+(``%(processName)s``: ``rabbitmq-worker``, ``frontend-3``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import multiprocessing_logging
+
+FORMAT = "%(asctime)s %(processName)s %(levelname)s %(name)s: %(message)s"
+
+
+def install() -> bool:
+    """Route child records to the main process's handlers; True if installed here.
+
+    Called pre-fork.  If the application configured no handler at all, a
+    stderr handler with ``FORMAT`` is added first, so children's warnings are
+    not lost.  Idempotent.
+    """
+    root = logging.getLogger()
+    if any(isinstance(h, multiprocessing_logging.MultiProcessingHandler) for h in root.handlers):
+        return False
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(FORMAT))
+        root.addHandler(handler)
+        if root.level == logging.WARNING:
+            root.setLevel(logging.INFO)
+    pika_log = logging.getLogger("pika")
+    if pika_log.level == logging.NOTSET:
+        # pika logs every connection step at INFO; our own lines say what matters.
+        pika_log.setLevel(logging.WARNING)
+    multiprocessing_logging.install_mp_handler(root)
+    return True
+
+
+def uninstall() -> None:
+    multiprocessing_logging.uninstall_mp_handler(logging.getLogger())

@@ -1,0 +1,204 @@
+"""The RabbitMQ worker process (OpenSIPS's "RabbitMQ sender", ``rmq_process``).
+
+It owns every AMQP connection.  One pika I/O loop waits on the shared job
+queue's pipe and on every broker socket at once, so heartbeats are serviced
+while idle, confirms stream in while new jobs arrive, and many publishes go
+out in one socket write.
+
+``loop_once()`` is one turn of that loop; ``run()`` is
+``init_process() -> while not finished: loop_once() -> shutdown()``.
+Shutdown (SIGTERM) drains: it keeps publishing what is queued and waits for
+the broker's confirms until ``drain_timeout``, then closes the connections.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+import os
+import signal
+import time
+
+from pika.adapters.select_connection import IOLoop, PollEvents
+
+from opsevent import RabbitMQSocket, Status
+from workers.channel import JobQueue, Replier
+from workers.link import BrokerLink, Item
+from workers.process import reset_signals, set_parent_death_signal
+
+log = logging.getLogger(__name__)
+
+JOBS_PER_TURN = 2000  # jobs read before pika gets a turn, so acks and heartbeats keep flowing
+TICK = 0.05  # seconds between sweeps for sync deadlines and silent brokers
+LOG_EVERY = 10.0  # seconds between two log lines about the same kind of async failure
+
+
+class Job:
+    __slots__ = ("seq", "reply", "statuses", "remaining")
+
+    def __init__(self, seq, reply, n):
+        self.seq = seq
+        self.reply = reply
+        self.statuses = [None] * n
+        self.remaining = n
+
+
+class RabbitMQWorker:
+    def __init__(self, jobs: JobQueue, settings):
+        # Called pre-fork: stores configuration only.
+        self.jobs = jobs
+        self.settings = settings
+        self.links: dict[tuple, BrokerLink] = {}
+        self.stats = collections.Counter()
+        self.stop_requested = False
+        self.finished = False
+        self._failures = {}  # status -> (count since last log line, time of that line)
+
+    # ---- life cycle ------------------------------------------------------------
+
+    def init_process(self, install_signals: bool = True) -> None:
+        """Post-fork set-up: signals, the I/O loop, the reply socket."""
+        if install_signals:
+            reset_signals()
+            set_parent_death_signal(signal.SIGTERM)
+            # Ctrl-C reaches the whole process group; the supervisor decides
+            # when the worker stops, after the front-ends, so it can drain.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, self.handle_term)
+        self.ppid = os.getppid()
+        self.ioloop = IOLoop()
+        self.ioloop.activate_poller()  # what IOLoop.start() would do; we turn the loop ourselves
+        self.replier = Replier()
+        self.ioloop.add_handler(self.jobs.fileno(), self._on_jobs, PollEvents.READ)
+        self._tick_timer = self.ioloop.call_later(TICK, self._tick)
+        self._drain_deadline = None
+
+    def handle_term(self, _unused_signum, _unused_frame) -> None:
+        self.stop_requested = True  # only record; the loop acts
+
+    def run(self) -> None:
+        self.init_process()
+        log.info("RabbitMQ worker started (heartbeat %d s, sync_mode %s)",
+                 self.settings.heartbeat, self.settings.sync_mode)
+        try:
+            while not self.finished:
+                self.loop_once()
+        finally:
+            self.shutdown()
+
+    def loop_once(self) -> None:
+        self.ioloop.poll()
+        self.ioloop.process_timeouts()
+        if (self.stop_requested or os.getppid() != self.ppid) and self._drain_deadline is None:
+            self._start_drain()
+
+    def shutdown(self) -> None:
+        for link in self.links.values():
+            if not link.closed:
+                link.close()
+                link.abort("worker exiting")
+        self.replier.close()
+        log.info("RabbitMQ worker stopped: %s", _format_stats(self.stats))
+
+    # ---- jobs --------------------------------------------------------------------
+
+    def _on_jobs(self, _unused_fd, _unused_events) -> None:
+        receive = self.jobs.receive_nowait
+        for _ in range(JOBS_PER_TURN):
+            job = receive()
+            if job is None:
+                break
+            self.handle(job)
+        for link in self.links.values():
+            link.flush()
+
+    def handle(self, job) -> None:
+        seq, reply, sockets, body, raised_at = job
+        self.stats["jobs"] += 1
+        record = Job(seq, reply, len(sockets))
+        deadline = None
+        if reply is not None:
+            # Answer a little before the caller gives up, so it gets the reason.
+            timeout = self.settings.sync_timeout
+            deadline = raised_at + timeout - min(0.05, timeout / 10)
+            if deadline <= time.monotonic():
+                for i in range(len(sockets)):
+                    self._finish(record, i, Status.TIMEOUT, "the caller gave up before the worker read the job")
+                return
+        for i, wire in enumerate(sockets):
+            sock = _socket(wire)
+            link = self.links.get(sock.broker)
+            if link is None:
+                link = self.links[sock.broker] = BrokerLink(
+                    sock.broker, sock.broker_label, self.settings, self.ioloop, self._done)
+            link.submit(Item(record, i, sock.exchange, sock.routing_key, body, deadline))
+
+    def _done(self, item: Item, status: Status, reason: str) -> None:
+        self._finish(item.job, item.index, status, reason)
+
+    def _finish(self, job: Job, index: int, status: Status, reason: str) -> None:
+        self.stats[status.value] += 1
+        job.statuses[index] = (status.value, reason)
+        job.remaining -= 1
+        if job.reply is not None:
+            if job.remaining == 0:
+                self.replier.send(job.reply, job.seq, tuple(job.statuses))
+        elif not status.ok:
+            self._log_async_failure(status, reason)
+
+    def _log_async_failure(self, status: Status, reason: str) -> None:
+        # One line per kind of failure per interval, with the count: a dead
+        # broker must not turn every event into a log line.
+        count, last = self._failures.get(status, (0, 0.0))
+        now = time.monotonic()
+        if now - last >= LOG_EVERY:
+            log.warning("async event %s: %s (%d more like it since the last report)", status.value, reason, count)
+            self._failures[status] = (0, now)
+        else:
+            self._failures[status] = (count + 1, last)
+
+    # ---- time and shutdown ----------------------------------------------------------
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        for link in self.links.values():
+            link.sweep(now)
+        if self._drain_deadline is not None:
+            self._drain_step(now)
+        self._tick_timer = self.ioloop.call_later(TICK, self._tick)
+
+    def _start_drain(self) -> None:
+        self._drain_deadline = time.monotonic() + self.settings.drain_timeout
+        log.info("RabbitMQ worker draining (at most %.1f s)", self.settings.drain_timeout)
+
+    def _drain_step(self, now: float) -> None:
+        queued = self.jobs.queue._reader.poll()
+        busy = queued or any(not link.idle for link in self.links.values())
+        if busy and now < self._drain_deadline:
+            return
+        if busy:
+            left = sum(len(link.pending) + len(link.inflight) for link in self.links.values())
+            log.error("drain timeout: %d events not confirmed by the broker%s", left,
+                      " and jobs still queued" if queued else "")
+        for link in self.links.values():
+            if link.state != "closing" and not link.closed:
+                link.close()
+            elif now > self._drain_deadline + 2.0:
+                link.abort("close handshake timed out")
+        if all(link.closed for link in self.links.values()):
+            self.finished = True
+
+
+@functools.lru_cache(maxsize=1024)
+def _socket(wire: tuple) -> RabbitMQSocket:
+    return RabbitMQSocket(*wire)
+
+
+def _format_stats(stats) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(stats.items())) or "no jobs"
+
+
+def worker_main(jobs: JobQueue, settings) -> None:
+    """The body of the RabbitMQ worker process."""
+    RabbitMQWorker(jobs, settings).run()

@@ -1,0 +1,116 @@
+"""The RabbitMQ worker process and the shared job queue, owned by one object.
+
+``Service`` is what a pre-fork server embeds: start it in the master before
+forking the children that raise events, stop it after they are gone::
+
+    evi = opsevent.EventInterface(sync_mode=True)
+    evi.subscribe_event("E_SIP_MESSAGE", "rabbitmq:127.0.0.1/sipmsg")
+    with workers.serve(evi):
+        with multiprocessing.get_context("fork").Pool(4) as pool:
+            pool.map(handle, requests)   # children call evi.raise_event(...)
+
+The ``Supervisor`` uses the same object for its worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import time
+
+from workers import logs
+from workers.channel import JobQueue
+from workers.rabbitmq import worker_main
+
+log = logging.getLogger(__name__)
+
+WORKER_NAME = "rabbitmq-worker"
+CRASH_LIMIT, CRASH_WINDOW = 3, 10.0  # this many deaths within this many seconds: give up
+
+
+class WorkerCrashLoop(RuntimeError):
+    """The RabbitMQ worker keeps dying; restarting it again would not help."""
+
+
+class Service:
+    def __init__(self, evi, *, install_logging: bool = True):
+        # Pre-fork: configuration only; nothing exists until start().
+        self.evi = evi
+        self.settings = evi.settings
+        self.install_logging = install_logging
+        self.ctx = multiprocessing.get_context("fork")
+        self.jobs = None
+        self.process = None
+        self.restarts = 0
+        self._deaths: list[float] = []
+        self._owner_pid = None
+        self._logging_installed = False
+
+    def start(self) -> "Service":
+        if self.jobs is not None:
+            raise RuntimeError("the RabbitMQ worker service is already started")
+        if self.install_logging:
+            self._logging_installed = logs.install()
+        self._owner_pid = os.getpid()
+        self.jobs = JobQueue(self.ctx, self.settings.queue_size)
+        self.evi.attach(self.jobs.sender())
+        self.spawn_worker()
+        return self
+
+    def spawn_worker(self) -> None:
+        self.process = self.ctx.Process(target=worker_main, args=(self.jobs, self.settings),
+                                        name=WORKER_NAME, daemon=False)
+        self.process.start()
+        log.info("started %s pid %d", WORKER_NAME, self.process.pid)
+
+    def check_worker(self) -> bool:
+        """Start a new worker if the old one died; True when it did.
+
+        Raises ``WorkerCrashLoop`` when workers keep dying at start-up, so a
+        broken set-up halts instead of forking forever (gunicorn's boot-error rule).
+        """
+        if self.process is None or self.process.is_alive():
+            return False
+        now = time.monotonic()
+        self._deaths = [t for t in self._deaths if now - t < CRASH_WINDOW] + [now]
+        if len(self._deaths) >= CRASH_LIMIT:
+            raise WorkerCrashLoop(f"{WORKER_NAME} died {len(self._deaths)} times within {CRASH_WINDOW:g} s "
+                                  f"(last exit code {self.process.exitcode}); see its log above")
+        log.error("%s pid %d died (exit code %s); starting a new one",
+                  WORKER_NAME, self.process.pid, self.process.exitcode)
+        self.restarts += 1
+        self.spawn_worker()
+        return True
+
+    def stop(self) -> None:
+        """Drain and stop the worker: bounded by the drain timeout plus a grace period."""
+        if self.jobs is None or os.getpid() != self._owner_pid:
+            return
+        try:
+            if self.process is not None and self.process.is_alive():
+                os.kill(self.process.pid, signal.SIGTERM)
+                self.process.join(self.settings.drain_timeout + 5.0)
+                if self.process.is_alive():
+                    log.error("%s did not stop in time; killing it", WORKER_NAME)
+                    self.process.kill()
+                    self.process.join(5.0)
+        finally:
+            self.evi.detach()
+            self.jobs.close()
+            self.jobs = None
+            if self._logging_installed:
+                logs.uninstall()
+                self._logging_installed = False
+
+    def __enter__(self) -> "Service":
+        return self if self.jobs is not None else self.start()
+
+    def __exit__(self, *_unused_exc) -> None:
+        self.stop()
+
+
+def serve(evi, **options) -> Service:
+    """Start the RabbitMQ worker for ``evi`` now; use as a context manager or call ``stop()``."""
+    return Service(evi, **options).start()
