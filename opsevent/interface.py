@@ -96,6 +96,12 @@ class Settings:
         How long shutdown keeps publishing what is queued; >= 0.
     reconnect_min (0.1), reconnect_max (5.0)
         Bounds of the worker's reconnect back-off; 0 < min <= max.
+    backlog_size (100_000)
+        Most events the worker keeps per broker while it cannot publish
+        (broker down or blocked); more are dropped, counted and logged; >= 1.
+    backlog_age (60.0)
+        Oldest an async event may be when published; an older one is
+        dropped, counted and logged instead of flushed late; > 0.
     """
 
     heartbeat: int = 0
@@ -106,16 +112,19 @@ class Settings:
     drain_timeout: float = 5.0
     reconnect_min: float = 0.1
     reconnect_max: float = 5.0
+    backlog_size: int = 100_000
+    backlog_age: float = 60.0
 
     def __post_init__(self) -> None:
         _check_int(self, "heartbeat", 0, 65535)
         _check_int(self, "queue_size", 1, None)
+        _check_int(self, "backlog_size", 1, None)
         if type(self.sync_mode) not in (bool, int) or self.sync_mode not in (0, 1):
             raise ConfigError(
                 f"sync_mode must be a bool (or 0/1), not {self.sync_mode!r}")
         object.__setattr__(self, "sync_mode", bool(self.sync_mode))
         for name in ("sync_timeout", "connect_timeout", "reconnect_min",
-                     "reconnect_max"):
+                     "reconnect_max", "backlog_age"):
             _check_seconds(self, name, positive=True)
         _check_seconds(self, "drain_timeout", positive=False)
         if self.reconnect_max < self.reconnect_min:

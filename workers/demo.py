@@ -17,6 +17,7 @@ import time
 
 import opsevent
 import workers
+from workers import logs
 from workers.broker import PrivateBroker, consume, declare_queue
 
 QUEUE = "sipmsg"
@@ -46,7 +47,8 @@ def main(argv=None) -> int:
     parser.add_argument("--events", type=int, default=2500, help="events per front-end (default 2500)")
     parser.add_argument("--sync", action="store_true", help="sync_mode=1: each raise waits for the broker's confirm")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=workers.logs.FORMAT)
+    logging.basicConfig(level=logging.INFO, format=logs.FORMAT)
+    logging.getLogger("pika").setLevel(logging.WARNING)  # the demo's own consumer is chatty at INFO
 
     print("starting a private RabbitMQ broker on 127.0.0.1 ...", flush=True)
     with PrivateBroker() as broker:

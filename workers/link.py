@@ -34,7 +34,8 @@ import time
 
 import pika
 from pika import exceptions, spec
-from pika.adapters.utils.connection_workflow import AMQPConnectorSocketConnectError
+from pika.adapters.utils.connection_workflow import (AMQPConnectionWorkflowFailed, AMQPConnectorPhaseErrorBase,
+                                                     AMQPConnectorSocketConnectError)
 
 from opsevent import Status
 from workers.amqp import Publisher
@@ -49,14 +50,16 @@ _PROPERTIES = spec.BasicProperties(content_type="text/plain")
 class Item:
     """One job's publish to one socket."""
 
-    __slots__ = ("job", "index", "exchange", "routing_key", "body", "deadline", "returned", "resolved")
+    __slots__ = ("job", "index", "exchange", "routing_key", "body", "raised_at", "deadline", "returned",
+                 "resolved")
 
-    def __init__(self, job, index, exchange, routing_key, body, deadline):
+    def __init__(self, job, index, exchange, routing_key, body, raised_at, deadline):
         self.job = job
         self.index = index
         self.exchange = exchange
         self.routing_key = routing_key
         self.body = body
+        self.raised_at = raised_at  # monotonic time of the raise, in the front-end
         self.deadline = deadline  # monotonic time a sync caller stops waiting; None for async
         self.returned = None  # basic.return reply text, when the broker returned it
         self.resolved = False
@@ -75,6 +78,7 @@ class BrokerLink:
         self.pending: collections.deque[Item] = collections.deque()
         self.inflight: collections.OrderedDict[int, Item] = collections.OrderedDict()
         self.last_error = ""
+        self.sync_waiting = 0  # unresolved items whose caller waits: the sweep looks only then
         self.stats = collections.Counter()
         self._conn = None
         self._channel = None
@@ -89,13 +93,15 @@ class BrokerLink:
     # ---- items -------------------------------------------------------------
 
     def submit(self, item: Item) -> None:
+        if item.deadline is not None:
+            self.sync_waiting += 1
         if self.state is READY and not self.blocked:
             self._write(item)
             return
-        if len(self.pending) >= self.settings.queue_size:
+        if len(self.pending) >= self.settings.backlog_size:
             self._resolve(item, Status.FAILED,
-                          f"{self.label}: backlog full ({len(self.pending)} events waiting for the broker)")
-            self.stats["dropped"] += 1
+                          f"{self.label}: dropped, backlog full ({len(self.pending)} events waiting for the broker)")
+            self.stats["dropped_backlog_full"] += 1
             return
         self.pending.append(item)
         if self.state is IDLE and self._retry_timer is None:
@@ -123,6 +129,8 @@ class BrokerLink:
     def _resolve(self, item: Item, status: Status, reason: str = "") -> None:
         if not item.resolved:
             item.resolved = True
+            if item.deadline is not None:
+                self.sync_waiting -= 1
             self.stats[status.name.lower()] += 1
             self.done(item, status, reason)
 
@@ -293,13 +301,33 @@ class BrokerLink:
 
     def sweep(self, now: float) -> None:
         """Fail sync items whose caller is about to give up; notice a silent broker."""
+        if self.sync_waiting:
+            self._expire_sync(now)
+        if self.pending:
+            self._expire_backlog(now)
+        if self.settings.heartbeat:
+            self._notice_silence(now, self.settings.heartbeat)
+
+    def _expire_sync(self, now: float) -> None:
         for items in (self.pending, self.inflight.values()):
             for item in [i for i in items if i.deadline is not None and i.deadline <= now]:
                 self._resolve(item, Status.TIMEOUT, self._why_stuck())
         if self.pending and any(i.resolved for i in self.pending):
             self.pending = collections.deque(i for i in self.pending if not i.resolved)
-        hb = self.settings.heartbeat
-        if hb and self.state in (READY, CONNECTING) and self._conn is not None and self._conn.is_open:
+
+    def _expire_backlog(self, now: float) -> None:
+        # Stale events flushed much later are worse than none (OpenSIPS #1155).
+        oldest = now - self.settings.backlog_age
+        pending = self.pending
+        while pending and pending[0].raised_at < oldest:
+            item = pending.popleft()
+            if not item.resolved:
+                self.stats["dropped_expired"] += 1
+                self._resolve(item, Status.FAILED, f"{self.label}: dropped, waited {now - item.raised_at:.1f} s "
+                                                   f"for the broker (backlog_age {self.settings.backlog_age:g} s)")
+
+    def _notice_silence(self, now: float, hb: int) -> None:
+        if self.state in (READY, CONNECTING) and self._conn is not None and self._conn.is_open:
             received, since = self._last_rx
             if self._conn.bytes_received != received:
                 self._last_rx = (self._conn.bytes_received, now)
@@ -342,7 +370,20 @@ class BrokerLink:
 
 
 def _describe(error) -> str:
-    if isinstance(error, AMQPConnectorSocketConnectError):
-        return f"TCP connect failed ({error})"
+    """A short, password-free account of a pika error."""
+    # pika wraps a failed connection workflow in two layers; the last
+    # attempt's own exception is what says what went wrong.
+    while isinstance(error, exceptions.AMQPConnectionError) and error.args:
+        inner = error.args[0]
+        if isinstance(inner, AMQPConnectionWorkflowFailed) and inner.exceptions:
+            error = inner.exceptions[-1]
+        elif isinstance(inner, BaseException):
+            error = inner
+        else:
+            break
+    if isinstance(error, AMQPConnectorPhaseErrorBase):
+        phase = "TCP connect" if isinstance(error, AMQPConnectorSocketConnectError) else "set-up"
+        inner = error.exception
+        return f"{phase} failed: {getattr(inner, 'strerror', None) or inner}"
     text = str(error) or type(error).__name__
     return f"{type(error).__name__}: {text}"

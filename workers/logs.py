@@ -30,10 +30,6 @@ def install() -> bool:
         root.addHandler(handler)
         if root.level == logging.WARNING:
             root.setLevel(logging.INFO)
-    pika_log = logging.getLogger("pika")
-    if pika_log.level == logging.NOTSET:
-        # pika logs every connection step at INFO; our own lines say what matters.
-        pika_log.setLevel(logging.WARNING)
     multiprocessing_logging.install_mp_handler(root)
     return True
 

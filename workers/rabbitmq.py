@@ -29,7 +29,6 @@ from workers.process import reset_signals, set_parent_death_signal
 
 log = logging.getLogger(__name__)
 
-JOBS_PER_TURN = 2000  # jobs read before pika gets a turn, so acks and heartbeats keep flowing
 TICK = 0.05  # seconds between sweeps for sync deadlines and silent brokers
 LOG_EVERY = 10.0  # seconds between two log lines about the same kind of async failure
 
@@ -66,10 +65,16 @@ class RabbitMQWorker:
             # when the worker stops, after the front-ends, so it can drain.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, self.handle_term)
+        pika_log = logging.getLogger("pika")
+        if pika_log.level == logging.NOTSET:
+            # pika logs each failed connect several times over at ERROR; the
+            # links report every failure once, with its broker and backlog.
+            pika_log.setLevel(logging.CRITICAL)
         self.ppid = os.getppid()
         self.ioloop = IOLoop()
         self.ioloop.activate_poller()  # what IOLoop.start() would do; we turn the loop ourselves
         self.replier = Replier()
+        self.jobs.attach_reader()
         self.ioloop.add_handler(self.jobs.fileno(), self._on_jobs, PollEvents.READ)
         self._tick_timer = self.ioloop.call_later(TICK, self._tick)
         self._drain_deadline = None
@@ -104,11 +109,7 @@ class RabbitMQWorker:
     # ---- jobs --------------------------------------------------------------------
 
     def _on_jobs(self, _unused_fd, _unused_events) -> None:
-        receive = self.jobs.receive_nowait
-        for _ in range(JOBS_PER_TURN):
-            job = receive()
-            if job is None:
-                break
+        for job in self.jobs.receive():
             self.handle(job)
         for link in self.links.values():
             link.flush()
@@ -132,7 +133,7 @@ class RabbitMQWorker:
             if link is None:
                 link = self.links[sock.broker] = BrokerLink(
                     sock.broker, sock.broker_label, self.settings, self.ioloop, self._done)
-            link.submit(Item(record, i, sock.exchange, sock.routing_key, body, deadline))
+            link.submit(Item(record, i, sock.exchange, sock.routing_key, body, raised_at, deadline))
 
     def _done(self, item: Item, status: Status, reason: str) -> None:
         self._finish(item.job, item.index, status, reason)
@@ -173,7 +174,7 @@ class RabbitMQWorker:
         log.info("RabbitMQ worker draining (at most %.1f s)", self.settings.drain_timeout)
 
     def _drain_step(self, now: float) -> None:
-        queued = self.jobs.queue._reader.poll()
+        queued = self.jobs.pending_bytes()
         busy = queued or any(not link.idle for link in self.links.values())
         if busy and now < self._drain_deadline:
             return

@@ -1,14 +1,20 @@
 """A supervised app for the process tests: 4 front-ends raise async events until stopped.
 
-Usage: supervised.py SOCKET OUTDIR.  Writes OUTDIR/pids (main, worker, front-ends)
+Usage: supervised.py SOCKET OUTDIR.  Bounded: it stops by itself after
+LIFETIME seconds, and when the test that started it dies.  Writes OUTDIR/pids (main, worker, front-ends)
 once started, and OUTDIR/count-RANK (events accepted) when each front-end stops.
 """
 
 import os
+import signal
 import sys
+import time
 
 import opsevent
 import workers
+from workers.process import set_parent_death_signal
+
+LIFETIME = 60.0
 
 
 def target(rank, evi):
@@ -23,6 +29,8 @@ def target(rank, evi):
 
 
 def main():
+    set_parent_death_signal(signal.SIGTERM)
+    deadline = time.monotonic() + LIFETIME
     socket, outdir = sys.argv[1], sys.argv[2]
     evi = opsevent.EventInterface(queue_size=10_000)
     evi.subscribe_event("E_LOAD", socket)
@@ -33,7 +41,7 @@ def main():
         f.write(" ".join(map(str, pids)))
     os.rename(os.path.join(outdir, "pids.tmp"), os.path.join(outdir, "pids"))
     try:
-        while sup.loop_once():
+        while sup.loop_once() and time.monotonic() < deadline:
             pass
     finally:
         sup.stop()

@@ -1,0 +1,286 @@
+"""One measured run: forked processes released together, and a clock on the broker.
+
+Every scenario and baseline has the same shape:
+
+* ``parties`` forked processes (our front-ends or callers, or a baseline's
+  publishers) get ready (connect, warm up), then wait on a start barrier;
+* the *conductor*, a thread of the bench's main process, first waits until
+  the warm-up events (if any) are in the broker, so our RabbitMQ worker is
+  connected, then passes the barrier: that instant is the start of the clock;
+* for a count-based run it polls the queues' message counts (passive
+  declares over one connection) until they hold every expected message: that
+  instant is the end of the clock ("in broker");
+* it then sets ``done``: each process samples its own RSS, puts its result
+  on the results queue and exits.  The conductor collects the results while
+  the processes exit (a child's queue feeder must not block on a full pipe).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+
+from bench.measure import QueueCounter, proc_private_kib, proc_status
+
+START_TIMEOUT = 120.0  # a process waits this long at the barrier
+END_TIMEOUT = 600.0    # and this long for "done"
+WARMUP_TIMEOUT = 30.0
+POLL_INTERVAL = 0.004
+
+
+class Gate:
+    """Created pre-fork; shared by the processes of one run and the conductor."""
+
+    def __init__(self, ctx, parties: int):
+        self.parties = parties
+        self.barrier = ctx.Barrier(parties + 1)
+        self.done = ctx.Event()
+        self.results = ctx.Queue()
+
+    # -- the children's side --------------------------------------------------------
+
+    def wait_start(self) -> float:
+        """Block until the conductor starts the clock; return the start time."""
+        self.barrier.wait(START_TIMEOUT)
+        return time.monotonic()
+
+    def finish(self, result: dict) -> None:
+        """Wait for the conductor's "done", then report ``result`` with this process's memory."""
+        result["rss_raised"] = proc_status()
+        self.done.wait(END_TIMEOUT)
+        result["rss_end"] = proc_status()
+        result["private_end_kib"] = proc_private_kib()
+        result.setdefault("pid", os.getpid())
+        self.results.put(result)
+
+    def fail(self, what: str) -> None:
+        """Report an error instead of a result (a child's ``except`` clause)."""
+        try:
+            self.barrier.abort()
+        except Exception:
+            pass
+        self.results.put({"error": f"{what}:\n{traceback.format_exc()}", "pid": os.getpid()})
+
+
+@dataclass
+class Clock:
+    """What the conductor measured."""
+
+    start: float = 0.0
+    end: float | None = None       # when the broker held every expected message
+    final_seen: int = 0            # the last count the conductor saw
+    warmup_s: float = 0.0
+    error: str = ""
+    results: list = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float | None:
+        return None if self.end is None else self.end - self.start
+
+
+@dataclass
+class Target:
+    """What the conductor waits for.
+
+    ``queues``/``expected``: the in-broker clock (None: no clock, e.g. sync
+    runs timed by the callers).  ``warmup``: ``(queue, count)`` to wait for
+    before the start.  ``stall``: give up after this long without progress.
+    """
+
+    queues: tuple[str, ...] = ()
+    expected: int | None = None
+    warmup: tuple[str, int] | None = None
+    stall: float = 10.0
+
+
+def conduct(gate: Gate, broker, target: Target, *, on_start=None, progress=None,
+            alive=None) -> Clock:
+    """Run the conductor (in a thread of the main process); see the module docstring."""
+    clock = Clock()
+    counter = None
+    try:
+        counter = QueueCounter(broker)
+        t_ready = time.monotonic()
+        if target.warmup is not None:
+            name, want = target.warmup
+            deadline = t_ready + WARMUP_TIMEOUT
+            while counter.count([name]) < want:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"warm-up: fewer than {want} events in {name!r} "
+                                       f"after {WARMUP_TIMEOUT:g} s (is the RabbitMQ worker up?)")
+                time.sleep(POLL_INTERVAL)
+        clock.warmup_s = time.monotonic() - t_ready
+        gate.barrier.wait(START_TIMEOUT)
+        clock.start = time.monotonic()
+        if on_start is not None:
+            on_start()
+        if target.expected is not None:
+            _wait_in_broker(counter, target, clock, progress)
+    except Exception as exc:  # noqa: BLE001 - reported as the run's error
+        clock.error = f"{type(exc).__name__}: {exc}"
+        try:
+            gate.barrier.abort()
+        except Exception:
+            pass
+    finally:
+        gate.done.set()
+        if counter is not None:
+            counter.close()
+    clock.results = _collect(gate, alive)
+    return clock
+
+
+def _wait_in_broker(counter: QueueCounter, target: Target, clock: Clock, progress) -> None:
+    last_change = time.monotonic()
+    last_count = -1
+    last_report = 0.0
+    while True:
+        count = counter.count(target.queues)
+        now = time.monotonic()
+        clock.final_seen = count
+        if count >= target.expected:
+            clock.end = now
+            if progress is not None:
+                progress(count, target.expected)
+            return
+        if count != last_count:
+            last_count, last_change = count, now
+        elif now - last_change > target.stall:
+            raise TimeoutError(f"stalled: {count:,} of {target.expected:,} messages in the "
+                               f"broker, no progress for {target.stall:g} s")
+        if progress is not None and now - last_report > 0.1:
+            progress(count, target.expected)
+            last_report = now
+        time.sleep(POLL_INTERVAL)
+
+
+def _collect(gate: Gate, alive) -> list[dict]:
+    results = []
+    quiet_since = time.monotonic()
+    while len(results) < gate.parties:
+        try:
+            results.append(gate.results.get(timeout=0.2))
+            quiet_since = time.monotonic()
+        except queue.Empty:
+            idle = time.monotonic() - quiet_since
+            if (alive is not None and not alive() and idle > 2.0) or idle > 60.0:
+                break
+    return results
+
+
+class Conductor:
+    """``conduct`` in a thread: ``start()`` before blocking the main thread, ``join()`` after."""
+
+    def __init__(self, gate: Gate, broker, target: Target, **kw):
+        self.clock: Clock | None = None
+        self._thread = threading.Thread(target=self._run, args=(gate, broker, target), kwargs=kw,
+                                        name="bench-conductor", daemon=True)
+
+    def _run(self, *args, **kw) -> None:
+        self.clock = conduct(*args, **kw)
+
+    def start(self) -> "Conductor":
+        self._thread.start()
+        return self
+
+    def join(self, timeout: float = END_TIMEOUT) -> Clock:
+        self._thread.join(timeout)
+        if self.clock is None:
+            self.clock = Clock(error="the conductor did not finish")
+        return self.clock
+
+
+def run_forked(ctx, gate: Gate, broker, target: Target, body, args=(), *, progress=None,
+               sampler=None, names=None) -> Clock:
+    """Fork ``gate.parties`` processes running ``body(rank, gate, *args)``; conduct; join."""
+    procs = [ctx.Process(target=_child, args=(body, rank, gate, args), name=f"bench-{rank}", daemon=True)
+             for rank in range(1, gate.parties + 1)]
+    for p in procs:
+        p.start()
+
+    def on_start():
+        if sampler is not None:
+            for rank, p in enumerate(procs, 1):
+                sampler.watch(f"{names or 'process'}-{rank}", p.pid)
+
+    conductor = Conductor(gate, broker, target, on_start=on_start, progress=progress,
+                          alive=lambda: any(p.is_alive() for p in procs)).start()
+    clock = conductor.join()
+    for p in procs:
+        p.join(10)
+        if p.is_alive():
+            p.kill()
+            p.join(5)
+    return clock
+
+
+def _child(body, rank, gate, args) -> None:
+    try:
+        body(rank, gate, *args)
+    except BaseException:
+        gate.fail(f"process {rank}")
+        raise
+
+
+class Env:
+    """What every run shares: the broker, the fork context, unique queue names."""
+
+    def __init__(self, broker, ctx, run_id: str | None = None):
+        self.broker = broker
+        self.ctx = ctx
+        self.run_id = run_id or f"{os.getpid()}-{int(time.time())}"
+        self._n = 0
+
+    def queue(self, what: str) -> str:
+        self._n += 1
+        return f"opsevent-bench-{self.run_id}-{self._n}-{what}"
+
+    def count(self, queues) -> int:
+        counter = QueueCounter(self.broker)
+        try:
+            return counter.count(queues)
+        finally:
+            counter.close()
+
+    @staticmethod
+    def body_len(params) -> int:
+        from bench.measure import body_of
+        return len(body_of(params))
+
+
+def share(total: int, parties: int, rank: int) -> int:
+    """Rank's part of ``total`` (ranks from 1), the parts summing to ``total``."""
+    return total // parties + (1 if rank <= total % parties else 0)
+
+
+def rate(count: int, seconds: float | None) -> float | None:
+    if not seconds or seconds <= 0:
+        return None
+    return round(count / seconds, 1)
+
+
+class Ticker:
+    """Progress for a run timed by its callers: elapsed out of the duration."""
+
+    def __init__(self, progress, duration: float):
+        self.progress = progress
+        self.duration = duration
+        self._stop = threading.Event()
+        self._thread = None
+        if progress is not None:
+            self._thread = threading.Thread(target=self._run, daemon=True, name="bench-ticker")
+            self._thread.start()
+
+    def _run(self) -> None:
+        t0 = time.monotonic()
+        while not self._stop.wait(0.2):
+            self.progress(min(time.monotonic() - t0, self.duration), self.duration)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(1)

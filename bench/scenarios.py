@@ -1,0 +1,315 @@
+"""Our side: opsevent front-ends and callers raising events through the RabbitMQ worker.
+
+``run_async``: a ``workers.Supervisor`` with P front-ends raising async
+events as fast as they can (or paced), each raise timed into an HdrHistogram,
+clocked until the broker holds every event.  ``run_sync``: ``workers.serve``
+with P forked callers raising sync events in a loop for a fixed time, or at a
+fixed offered load on an absolute schedule (latency measured from the
+scheduled time as well as from the call, against coordinated omission).
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass
+
+import opsevent
+import workers
+from opsevent import Status
+
+from bench.harness import Conductor, Gate, Target, Ticker, rate, run_forked, share
+from bench.measure import (
+    EVENT,
+    WARMUP_EVENT,
+    RssSampler,
+    declare_queues,
+    delete_queues,
+    merge_encoded,
+    new_hist,
+    proc_status,
+    summarize,
+)
+
+QUEUE_SIZE_MIN = 200_000
+DRAIN_TIMEOUT = 60.0
+PACE_BATCH = 500  # paced raising checks the schedule every this many events
+
+
+@dataclass
+class AsyncSpec:
+    frontends: int
+    events: int                 # in total, over every front-end
+    params: tuple
+    fanout: int = 1             # subscribers per event (one queue each)
+    rate: float | None = None   # events/s per front-end; None: as fast as possible
+
+
+@dataclass
+class SyncSpec:
+    callers: int
+    duration: float             # seconds each caller raises
+    params: tuple
+    rate: float | None = None   # events/s per caller on an absolute schedule; None: a loop
+
+
+# -- async -------------------------------------------------------------------------------------
+
+def run_async(env, spec: AsyncSpec, progress=None) -> dict:
+    broker = env.broker
+    queues = tuple(env.queue(f"q{i}") for i in range(spec.fanout))
+    warm = env.queue("warmup")
+    declare_queues(broker, queues + (warm,))
+    evi = opsevent.EventInterface(queue_size=max(QUEUE_SIZE_MIN, spec.events + 1000),
+                                  drain_timeout=DRAIN_TIMEOUT)
+    for q in queues:
+        evi.subscribe_event(EVENT, broker.socket(q))
+    evi.subscribe_event(WARMUP_EVENT, broker.socket(warm))
+    gate = Gate(env.ctx, spec.frontends)
+    sup = workers.Supervisor(evi, _async_target(gate, spec), processes=spec.frontends,
+                             install_logging=False)
+    sampler = RssSampler().start()
+
+    def on_start():
+        sampler.watch("worker", sup.service.process.pid)
+        for rank, p in list(sup.frontends.items()):
+            sampler.watch(f"frontend-{rank}", p.pid)
+
+    expected = spec.events * spec.fanout
+    conductor = Conductor(gate, broker, Target(queues, expected, warmup=(warm, 1)),
+                          on_start=on_start, progress=progress,
+                          alive=lambda: bool(sup.frontends)).start()
+    worker_pid = None
+    try:
+        exit_codes = sup.run()
+        worker_pid = sup.service.process.pid if sup.service.process else None
+    finally:
+        clock = conductor.join()
+        memory = sampler.stop()
+    final = env.count(queues)
+    delete_queues(broker, queues + (warm,))
+
+    results = [r for r in clock.results if "error" not in r]
+    errors = [r["error"] for r in clock.results if "error" in r]
+    if clock.error:
+        errors.insert(0, clock.error)
+    if any(code != 0 for code in exit_codes.values()):
+        errors.append(f"front-end exit codes {exit_codes}")
+    if len(results) != spec.frontends:
+        errors.append(f"{len(results)} of {spec.frontends} front-ends reported")
+    accepted = sum(r["ok"] for r in results)
+    refused = sum(sum(r["failed"].values()) for r in results)
+    failed_by_status = sum((collections.Counter(r["failed"]) for r in results), collections.Counter())
+    hist = merge_encoded([r["hist"] for r in results])
+    out = {
+        "kind": "ours", "mode": "async", "frontends": spec.frontends, "fanout": spec.fanout,
+        "events": spec.events, "body_bytes": env.body_len(spec.params),
+        "paced_rate_per_frontend": spec.rate,
+        "accepted": accepted, "refused": refused, "refused_by_status": dict(failed_by_status),
+        "expected_in_broker": accepted * spec.fanout, "in_broker": final,
+        "missing": max(0, accepted * spec.fanout - final),
+        "extra": max(0, final - accepted * spec.fanout),
+        "seconds": clock.seconds, "warmup_s": round(clock.warmup_s, 3),
+        "events_per_s": rate(spec.events, clock.seconds),
+        "messages_per_s": rate(expected, clock.seconds),
+        "raise_phase_s": _raise_phase(results, clock.start),
+        "caller_us": summarize(hist),
+        "worker_pid": worker_pid, "worker_restarts": sup.service.restarts,
+        "memory": memory,
+        "frontend_rss": [_fe_memory(r) for r in sorted(results, key=lambda r: r["rank"])],
+        "errors": errors,
+    }
+    return out
+
+
+def _async_target(gate: Gate, spec: AsyncSpec):
+    def target(rank, evi):
+        try:
+            _async_frontend(rank, evi, gate, spec)
+        except BaseException:
+            gate.fail(f"front-end {rank}")
+            raise
+    return target
+
+
+def _async_frontend(rank: int, evi, gate: Gate, spec: AsyncSpec) -> None:
+    n = share(spec.events, spec.frontends, rank)
+    params = spec.params
+    hist = new_hist()
+    record = hist.record_value
+    clock = time.perf_counter_ns
+    raise_event = evi.raise_event
+    failed = collections.Counter()
+    if rank == 1:
+        # Makes the worker connect before the clock starts; the conductor waits for it.
+        if not evi.raise_event(WARMUP_EVENT, params):
+            raise RuntimeError("the warm-up event was refused")
+    ok = 0
+    rss_start = proc_status()
+    t_start = gate.wait_start()
+    if spec.rate is None:
+        for i in range(n):
+            t0 = clock()
+            result = raise_event(EVENT, params)
+            record(clock() - t0 or 1)
+            if result:
+                ok += 1
+            else:
+                failed.update(d.status.value for d in result.failures)
+            if not i & 4095 and workers.stopping():
+                break
+    else:
+        # Paced: an absolute schedule, checked every PACE_BATCH events.
+        interval = 1.0 / spec.rate
+        done = 0
+        while done < n and not workers.stopping():
+            ahead = t_start + done * interval - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+            for _ in range(min(PACE_BATCH, n - done)):
+                t0 = clock()
+                result = raise_event(EVENT, params)
+                record(clock() - t0 or 1)
+                if result:
+                    ok += 1
+                else:
+                    failed.update(d.status.value for d in result.failures)
+            done += PACE_BATCH
+    t_end = time.monotonic()
+    gate.finish({"rank": rank, "ok": ok, "failed": dict(failed), "hist": hist.encode(),
+                 "t_start": t_start, "t_end": t_end, "rss_start": rss_start})
+
+
+# -- sync --------------------------------------------------------------------------------------------
+
+def run_sync(env, spec: SyncSpec, progress=None) -> dict:
+    broker = env.broker
+    q, warm = env.queue("sync"), env.queue("warmup")
+    declare_queues(broker, (q, warm))
+    evi = opsevent.EventInterface(sync_mode=True, queue_size=QUEUE_SIZE_MIN,
+                                  drain_timeout=DRAIN_TIMEOUT)
+    evi.subscribe_event(EVENT, broker.socket(q))
+    evi.subscribe_event(WARMUP_EVENT, broker.socket(warm))
+    gate = Gate(env.ctx, spec.callers)
+    sampler = RssSampler().start()
+    with workers.serve(evi, install_logging=False) as service:
+        worker_pid = service.process.pid
+        sampler.watch("worker", worker_pid)
+        ticker = Ticker(progress, spec.duration)
+        clock = run_forked(env.ctx, gate, broker, Target(warmup=(warm, spec.callers)), _sync_caller,
+                           (evi, spec), sampler=sampler, names="caller", progress=None)
+        ticker.stop()
+        restarts = service.restarts
+    memory = sampler.stop()
+    final = env.count((q,))
+    delete_queues(broker, (q, warm))
+
+    results = [r for r in clock.results if "error" not in r]
+    errors = [r["error"] for r in clock.results if "error" in r]
+    if clock.error:
+        errors.insert(0, clock.error)
+    if len(results) != spec.callers:
+        errors.append(f"{len(results)} of {spec.callers} callers reported")
+    confirmed = sum(r["confirmed"] for r in results)
+    failed = sum((collections.Counter(r["failed"]) for r in results), collections.Counter())
+    raised = confirmed + sum(failed.values())
+    seconds = (max(r["t_end"] for r in results) - clock.start) if results else None
+    out = {
+        "kind": "ours", "mode": "sync", "callers": spec.callers, "duration_s": spec.duration,
+        "body_bytes": env.body_len(spec.params), "offered_per_s": (spec.rate * spec.callers
+                                                                   if spec.rate else None),
+        "raised": raised, "confirmed": confirmed, "failed_by_status": dict(failed),
+        "refused": sum(failed.values()),
+        "in_broker": final, "missing": max(0, confirmed - final),
+        "extra": max(0, final - raised),
+        "seconds": seconds, "warmup_s": round(clock.warmup_s, 3),
+        "confirmed_per_s": rate(confirmed, seconds),
+        "latency_us": summarize(merge_encoded([r["hist"] for r in results])),
+        "worker_pid": worker_pid, "worker_restarts": restarts,
+        "memory": memory,
+        "errors": errors,
+    }
+    if spec.rate:
+        out["latency_from_schedule_us"] = summarize(merge_encoded([r["hist_sched"] for r in results]))
+        out["behind_schedule_max_ms"] = max((r["behind_max_ms"] for r in results), default=None)
+    return out
+
+
+def _sync_caller(rank: int, gate: Gate, evi, spec: SyncSpec) -> None:
+    params = spec.params
+    raise_event = evi.raise_event
+    # Warm-up: makes this process's reply pipe, and the worker's connection.
+    warm = evi.raise_event(WARMUP_EVENT, params)
+    if not warm:
+        raise RuntimeError(f"warm-up raise failed: {warm.failures[0].status} {warm.failures[0].reason}")
+    hist = new_hist()
+    record = hist.record_value
+    failed = collections.Counter()
+    confirmed = 0
+    confirmed_status = Status.CONFIRMED
+    t_start = gate.wait_start()
+    if spec.rate is None:
+        clock = time.perf_counter_ns
+        deadline = clock() + int(spec.duration * 1e9)
+        while True:
+            t0 = clock()
+            result = raise_event(EVENT, params)
+            t1 = clock()
+            record(t1 - t0 or 1)
+            if _all_confirmed(result, confirmed_status):
+                confirmed += 1
+            else:
+                failed.update(d.status.value for d in result.deliveries if d.status is not confirmed_status)
+            if t1 >= deadline:
+                break
+        extra = {}
+    else:
+        # Absolute schedule, callers staggered evenly; latency also from the scheduled time.
+        clock = time.monotonic_ns
+        hist_sched = new_hist()
+        interval = int(1e9 / spec.rate)
+        first = int(t_start * 1e9) + (rank - 1) * interval // spec.callers
+        n = int(spec.duration * spec.rate)
+        behind = 0
+        for i in range(n):
+            scheduled = first + i * interval
+            now = clock()
+            if scheduled > now:
+                time.sleep((scheduled - now) / 1e9)
+                now = clock()
+            else:
+                behind = max(behind, now - scheduled)
+            result = raise_event(EVENT, params)
+            t1 = clock()
+            record(t1 - now or 1)
+            hist_sched.record_value(max(1, t1 - scheduled))
+            if _all_confirmed(result, confirmed_status):
+                confirmed += 1
+            else:
+                failed.update(d.status.value for d in result.deliveries if d.status is not confirmed_status)
+        extra = {"hist_sched": hist_sched.encode(), "behind_max_ms": round(behind / 1e6, 3)}
+    t_end = time.monotonic()
+    gate.finish({"rank": rank, "confirmed": confirmed, "failed": dict(failed), "hist": hist.encode(),
+                 "t_start": t_start, "t_end": t_end, **extra})
+
+
+def _all_confirmed(result, confirmed_status) -> bool:
+    return bool(result.deliveries) and all(d.status is confirmed_status for d in result.deliveries)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+def _raise_phase(results, start: float) -> float | None:
+    """Seconds from the start until the last front-end had handed over its last event."""
+    if not results:
+        return None
+    return round(max(r["t_end"] for r in results) - start, 4)
+
+
+def _fe_memory(r: dict) -> dict:
+    start, raised, end = r.get("rss_start", {}), r.get("rss_raised", {}), r.get("rss_end", {})
+    return {"rank": r["rank"], "pid": r.get("pid"),
+            "rss_start_kib": start.get("VmRSS"), "rss_raised_kib": raised.get("VmRSS"),
+            "rss_end_kib": end.get("VmRSS"), "hwm_kib": end.get("VmHWM"),
+            "private_end_kib": r.get("private_end_kib"),
+            "growth_kib": (end.get("VmRSS", 0) - start.get("VmRSS", 0)) if start and end else None}
