@@ -109,6 +109,8 @@ def conduct(gate: Gate, broker, target: Target, *, on_start=None, progress=None,
             name, want = target.warmup
             deadline = t_ready + WARMUP_TIMEOUT
             while counter.count([name]) < want:
+                if gate.barrier.broken:
+                    raise RuntimeError("a process failed before the start (see its error)")
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"warm-up: fewer than {want} events in {name!r} "
                                        f"after {WARMUP_TIMEOUT:g} s (is the RabbitMQ worker up?)")

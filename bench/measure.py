@@ -18,6 +18,7 @@ from opsevent.payload import MAX_BODY_SIZE, encode_event
 
 EVENT = "E_SIP_MESSAGE"
 WARMUP_EVENT = "E_BENCH_WARMUP"
+WARMUP_PARAMS = (("warm", "up"),)
 # The guide's example: the R-URI user and a message body with a comma (quoted).
 STANDARD_PARAMS = (("user", "alice"),
                    ("msg", "Hello Bob, this is Alice: are we still on for 10:30 tomorrow?"))
@@ -30,7 +31,7 @@ def params_for_size(size: int | None) -> tuple:
     if not 40 <= size <= MAX_BODY_SIZE:
         raise ValueError(f"body size must be 40..{MAX_BODY_SIZE} bytes, not {size}")
     user, text = STANDARD_PARAMS[0][1], STANDARD_PARAMS[1][1]
-    base = len(body_of((("user", user), ("msg", ""))))  # 'msg::' plus the quotes
+    base = len(body_of((("user", user), ("msg", ",")))) - 1  # 'msg::' plus the quotes
     room = size - base
     msg = (text + " " + "x" * room)[:room]
     if "," not in msg:

@@ -22,6 +22,7 @@ from bench.harness import Conductor, Gate, Target, Ticker, rate, run_forked, sha
 from bench.measure import (
     EVENT,
     WARMUP_EVENT,
+    WARMUP_PARAMS,
     RssSampler,
     declare_queues,
     delete_queues,
@@ -142,7 +143,7 @@ def _async_frontend(rank: int, evi, gate: Gate, spec: AsyncSpec) -> None:
     failed = collections.Counter()
     if rank == 1:
         # Makes the worker connect before the clock starts; the conductor waits for it.
-        if not evi.raise_event(WARMUP_EVENT, params):
+        if not evi.raise_event(WARMUP_EVENT, WARMUP_PARAMS):
             raise RuntimeError("the warm-up event was refused")
     ok = 0
     rss_start = proc_status()
@@ -239,7 +240,7 @@ def _sync_caller(rank: int, gate: Gate, evi, spec: SyncSpec) -> None:
     params = spec.params
     raise_event = evi.raise_event
     # Warm-up: makes this process's reply pipe, and the worker's connection.
-    warm = evi.raise_event(WARMUP_EVENT, params)
+    warm = evi.raise_event(WARMUP_EVENT, WARMUP_PARAMS)
     if not warm:
         raise RuntimeError(f"warm-up raise failed: {warm.failures[0].status} {warm.failures[0].reason}")
     hist = new_hist()

@@ -99,6 +99,9 @@ class Settings:
     backlog_size (100_000)
         Most events the worker keeps per broker while it cannot publish
         (broker down or blocked); more are dropped, counted and logged; >= 1.
+    persistent (False)
+        Publish with delivery_mode 2, so that messages on durable queues
+        survive a broker restart.
     backlog_age (60.0)
         Oldest an async event may be when published; an older one is
         dropped, counted and logged instead of flushed late; > 0.
@@ -114,6 +117,7 @@ class Settings:
     reconnect_max: float = 5.0
     backlog_size: int = 100_000
     backlog_age: float = 60.0
+    persistent: bool = False
 
     def __post_init__(self) -> None:
         _check_int(self, "heartbeat", 0, 65535)
@@ -123,6 +127,8 @@ class Settings:
             raise ConfigError(
                 f"sync_mode must be a bool (or 0/1), not {self.sync_mode!r}")
         object.__setattr__(self, "sync_mode", bool(self.sync_mode))
+        if type(self.persistent) is not bool:
+            raise ConfigError(f"persistent must be a bool, not {self.persistent!r}")
         for name in ("sync_timeout", "connect_timeout", "reconnect_min",
                      "reconnect_max", "backlog_age"):
             _check_seconds(self, name, positive=True)

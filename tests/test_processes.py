@@ -113,3 +113,38 @@ def test_records_from_every_process_reach_the_main_process_handlers_named_by_pro
     for rank in (1, 2, 3):
         assert (f"frontend-{rank}", f"hello from front-end {rank}") in names
     assert any(process == "rabbitmq-worker" for process, _ in names)
+
+
+def crash_once_target(marker_dir):
+    def target(rank, evi):
+        marker = os.path.join(marker_dir, f"crashed-{rank}")
+        if rank == 2 and not os.path.exists(marker):
+            open(marker, "w").close()
+            raise RuntimeError("front-end 2 crashes on its first run")
+        assert evi.raise_event("E_AFTER_CRASH", {"rank": rank})
+    return target
+
+
+def test_a_crashed_frontend_is_logged_and_restarted_without_disturbing_the_others(broker, queue_name, tmp_path,
+                                                                                  caplog):
+    declare_queue(broker, queue_name)
+    evi = opsevent.EventInterface(sync_mode=True)
+    evi.subscribe_event("E_AFTER_CRASH", broker.socket(queue_name))
+    sup = workers.Supervisor(evi, crash_once_target(str(tmp_path)), processes=3, install_logging=False)
+    with caplog.at_level(logging.INFO, logger="workers.supervisor"):
+        assert sup.run() == {1: 0, 2: 0, 3: 0}
+    assert "front-end 2" in caplog.text and "exited with code 1" in caplog.text
+    assert "restarting front-end 2" in caplog.text
+    assert sorted(consume(broker, queue_name, 3, timeout=10)) == sorted(
+        opsevent.encode_event("E_AFTER_CRASH", {"rank": r}) for r in (1, 2, 3))
+
+
+def test_a_frontend_that_keeps_crashing_is_given_up_after_the_crash_limit(caplog):
+    def always_crash(rank, evi):
+        raise RuntimeError("boom")
+
+    sup = workers.Supervisor(opsevent.EventInterface(), always_crash, processes=1, install_logging=False)
+    with caplog.at_level(logging.INFO, logger="workers.supervisor"):
+        assert sup.run() == {1: 1}
+    assert caplog.text.count("restarting front-end 1") == 3
+    assert "not restarting it" in caplog.text

@@ -32,6 +32,7 @@ import logging
 import os
 import pickle
 import queue
+import select
 import socket
 import struct
 import threading
@@ -43,7 +44,21 @@ from opsevent import Status
 log = logging.getLogger(__name__)
 
 _LENGTH = struct.Struct("!i")  # multiprocessing.Connection's message header
-_READ_SIZE = 1 << 18
+
+
+def _read_exactly(fd: int, data: bytes, size: int) -> bytes:
+    # The writer is in the middle of this very message: the rest is at most
+    # a scheduler tick away, so wait for it rather than tear the stream.
+    while len(data) < size:
+        try:
+            chunk = os.read(fd, size - len(data))
+        except BlockingIOError:
+            select.select([fd], [], [], 1.0)
+            continue
+        if not chunk:
+            raise EOFError("the job queue's pipe was closed in the middle of a job")
+        data += chunk
+    return data
 
 # A reply is at most (seq, a few statuses with reasons); 64 KiB is far above
 # anything the worker sends and is the datagram size we read with.
@@ -68,43 +83,38 @@ class JobQueue:
 
         The worker reads the pipe itself instead of calling ``Queue.get``:
         ``get`` takes a cross-process lock that a killed worker would hold
-        forever, leaving its successor unable to read, and it costs a poll
-        and two reads per job.  There is one reader, so the lock protects
-        nothing here.  Only readers use this end, so O_NONBLOCK (shared by
-        every process holding it) changes nothing for the front-ends.
+        forever, leaving its successor unable to read, and it polls before
+        every job.  There is one reader, so the lock protects nothing here.
+        Only readers use this end, so O_NONBLOCK (shared by every process
+        holding it) changes nothing for the front-ends.
         """
         os.set_blocking(self.fileno(), False)
-        self._buffer = bytearray()
 
-    def receive(self) -> list:
-        """The jobs that are already in the pipe (at most one read's worth); never blocks.
+    def receive(self, limit: int) -> list:
+        """Up to ``limit`` jobs that are already in the pipe; never waits for one.
 
-        The pipe carries ``multiprocessing.Connection`` messages, each a
-        4-byte big-endian length and a pickle; the queue's writer lock keeps
-        every message contiguous.
+        The pipe carries ``multiprocessing.Connection`` messages: a 4-byte
+        big-endian length, then a pickle; the queue's writer lock keeps each
+        message contiguous.  Each message is read whole, header then body, and
+        never more: a worker killed between two reads leaves the pipe at a
+        message boundary for its successor (reading in big chunks would
+        almost always leave a torn message behind).
         """
-        buffer = self._buffer
-        try:
-            buffer += os.read(self.fileno(), _READ_SIZE)
-        except BlockingIOError:
-            pass
-        jobs = []
-        pos, end = 0, len(buffer)
-        while end - pos >= 4:
-            size = _LENGTH.unpack_from(buffer, pos)[0]
-            if end - pos - 4 < size:
-                break
-            jobs.append(pickle.loads(buffer[pos + 4:pos + 4 + size]))
-            pos += 4 + size
-        del buffer[:pos]
+        fd, jobs = self.fileno(), []
         release = self.queue._sem.release
-        for _ in jobs:
+        while len(jobs) < limit:
+            try:
+                header = os.read(fd, 4)
+            except BlockingIOError:
+                break
+            size = _LENGTH.unpack(_read_exactly(fd, header, 4))[0]
+            jobs.append(pickle.loads(_read_exactly(fd, b"", size)))
             release()  # one more slot for the front-ends
         return jobs
 
     def pending_bytes(self) -> bool:
-        """True while jobs are read but not handed out, or still in the pipe."""
-        return bool(self._buffer) or self.queue._reader.poll()
+        """True while jobs are still in the pipe."""
+        return self.queue._reader.poll()
 
     def sender(self) -> "JobSender":
         return JobSender(self.queue, self.maxsize)
@@ -218,6 +228,21 @@ class JobSender:
             reason = f"no status from the RabbitMQ worker within {timeout:g} s"
             return ((Status.TIMEOUT, reason),) * len(wire)
         return tuple((Status(code), reason) for code, reason in statuses)
+
+    def flush(self, timeout: float) -> int:
+        """Wait until this process's jobs are in the pipe; return how many are not.
+
+        Called as a front-end exits.  ``multiprocessing.Queue`` would otherwise
+        wait without bound for its feeder thread at exit, and hang for ever
+        if the worker is already gone and the pipe full.
+        """
+        deadline = time.monotonic() + timeout
+        while self._queue._buffer and time.monotonic() < deadline:
+            time.sleep(0.01)
+        left = len(self._queue._buffer)
+        if left:
+            self._queue.cancel_join_thread()
+        return left
 
     def _refused(self, n: int):
         self.queue_full += 1

@@ -10,9 +10,11 @@ period, then SIGKILL.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 
+from workers import logs
 from workers.process import EXIT_ERROR, EXIT_OK, reset_signals, set_parent_death_signal
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,7 @@ def frontend_main(rank: int, evi, target) -> None:
     """The body of front-end process ``rank``."""
     global _stopping
     _stopping = False
+    parent = os.getppid()
     reset_signals()
     # If the main process dies without stopping us, KeyboardInterrupt ends the target.
     set_parent_death_signal(signal.SIGINT)
@@ -47,5 +50,17 @@ def frontend_main(rank: int, evi, target) -> None:
         log.info("front-end %d interrupted", rank)
     except Exception:
         log.exception("front-end %d crashed", rank)
-        sys.exit(EXIT_ERROR)
-    sys.exit(EXIT_OK)
+        code = EXIT_ERROR
+    else:
+        code = EXIT_OK
+    _flush(rank, evi)
+    logs.before_child_exit(parent)
+    sys.exit(code)
+
+
+def _flush(rank: int, evi) -> None:
+    transport = evi.transport
+    if transport is not None and hasattr(transport, "flush"):
+        left = transport.flush(evi.settings.drain_timeout)
+        if left:
+            log.error("front-end %d: %d queued events could not be handed to the RabbitMQ worker", rank, left)

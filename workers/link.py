@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 
 IDLE, CONNECTING, READY, CLOSING, CLOSED = "idle", "connecting", "ready", "closing", "closed"
 _NO_EXCHANGE = re.compile(r"no exchange '(.*)' in vhost")
-_PROPERTIES = spec.BasicProperties(content_type="text/plain")
+_PROPERTIES = {False: spec.BasicProperties(content_type="text/plain"),
+               True: spec.BasicProperties(content_type="text/plain", delivery_mode=2)}
 
 
 class Item:
@@ -103,6 +104,11 @@ class BrokerLink:
                           f"{self.label}: dropped, backlog full ({len(self.pending)} events waiting for the broker)")
             self.stats["dropped_backlog_full"] += 1
             return
+        if (item.deadline is not None and self.state is IDLE and self.last_error
+                and self._next_try > item.deadline):
+            # Backing off past this caller's deadline: say why now, not at the deadline.
+            self._resolve(item, Status.FAILED, self.last_error)
+            return
         self.pending.append(item)
         if self.state is IDLE and self._retry_timer is None:
             self._schedule_connect(max(0.0, self._next_try - time.monotonic()))
@@ -137,6 +143,11 @@ class BrokerLink:
     @property
     def idle(self) -> bool:
         return not self.pending and not self.inflight
+
+    def snapshot(self) -> dict:
+        """Plain counters and state, for the stats file."""
+        return {"state": self.state, "blocked": bool(self.blocked), "pending": len(self.pending),
+                "inflight": len(self.inflight), "last_error": self.last_error, **self.stats}
 
     # ---- connection ----------------------------------------------------------
 
@@ -174,8 +185,10 @@ class BrokerLink:
         channel.confirm_delivery(self._on_confirm, callback=self._on_confirm_ok)
 
     def _on_confirm_ok(self, _unused_frame) -> None:
-        self._publisher = Publisher(self._channel.channel_number, _PROPERTIES, self._conn.params.frame_max)
+        self._publisher = Publisher(self._channel.channel_number, _PROPERTIES[self.settings.persistent],
+                                    self._conn.params.frame_max)
         self._tag = 0
+        self.stats["connects"] += 1
         self.state = READY
         self._backoff = self.settings.reconnect_min
         if self.last_error:

@@ -8,6 +8,7 @@ process's own handlers, each naming the process that logged it
 from __future__ import annotations
 
 import logging
+import os
 
 import multiprocessing_logging
 
@@ -36,3 +37,17 @@ def install() -> bool:
 
 def uninstall() -> None:
     multiprocessing_logging.uninstall_mp_handler(logging.getLogger())
+
+
+def before_child_exit(parent_pid: int) -> None:
+    """Called last in a child: never hang at exit on the log pipe of a dead parent.
+
+    A child's log records go through a pipe to a thread of the main process.
+    If the main process was killed, nobody reads it, and the child's queue
+    feeder would wait for ever at exit to flush; drop those records instead.
+    """
+    if os.getppid() == parent_pid:
+        return
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, multiprocessing_logging.MultiProcessingHandler):
+            handler.queue.cancel_join_thread()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import json
 import logging
 import os
 import signal
@@ -23,13 +24,17 @@ import time
 from pika.adapters.select_connection import IOLoop, PollEvents
 
 from opsevent import RabbitMQSocket, Status
+from workers import logs
 from workers.channel import JobQueue, Replier
 from workers.link import BrokerLink, Item
 from workers.process import reset_signals, set_parent_death_signal
 
 log = logging.getLogger(__name__)
 
+JOBS_PER_TURN = 5000  # jobs read before pika gets a turn, so confirms and heartbeats keep flowing
 TICK = 0.05  # seconds between sweeps for sync deadlines and silent brokers
+DRAIN_QUIET = 0.3  # seconds the pipe must stay empty before a draining worker closes
+STATS_EVERY = 1.0  # seconds between two snapshots in the stats file
 LOG_EVERY = 10.0  # seconds between two log lines about the same kind of async failure
 
 
@@ -44,10 +49,11 @@ class Job:
 
 
 class RabbitMQWorker:
-    def __init__(self, jobs: JobQueue, settings):
+    def __init__(self, jobs: JobQueue, settings, stats_path: str | None = None):
         # Called pre-fork: stores configuration only.
         self.jobs = jobs
         self.settings = settings
+        self.stats_path = stats_path  # where a JSON snapshot of the counters goes every STATS_EVERY s
         self.links: dict[tuple, BrokerLink] = {}
         self.stats = collections.Counter()
         self.stop_requested = False
@@ -78,6 +84,7 @@ class RabbitMQWorker:
         self.ioloop.add_handler(self.jobs.fileno(), self._on_jobs, PollEvents.READ)
         self._tick_timer = self.ioloop.call_later(TICK, self._tick)
         self._drain_deadline = None
+        self._stats_due = 0.0
 
     def handle_term(self, _unused_signum, _unused_frame) -> None:
         self.stop_requested = True  # only record; the loop acts
@@ -104,12 +111,14 @@ class RabbitMQWorker:
                 link.close()
                 link.abort("worker exiting")
         self.replier.close()
+        self.write_stats()
         log.info("RabbitMQ worker stopped: %s", _format_stats(self.stats))
+        logs.before_child_exit(self.ppid)
 
     # ---- jobs --------------------------------------------------------------------
 
     def _on_jobs(self, _unused_fd, _unused_events) -> None:
-        for job in self.jobs.receive():
+        for job in self.jobs.receive(JOBS_PER_TURN):
             self.handle(job)
         for link in self.links.values():
             link.flush()
@@ -167,15 +176,37 @@ class RabbitMQWorker:
             link.sweep(now)
         if self._drain_deadline is not None:
             self._drain_step(now)
+        if now >= self._stats_due:
+            self._stats_due = now + STATS_EVERY
+            self.write_stats()
         self._tick_timer = self.ioloop.call_later(TICK, self._tick)
 
+    def snapshot(self) -> dict:
+        """Every counter as plain data: totals by status, and per broker."""
+        return {"pid": os.getpid(), "time": time.time(), **self.stats,
+                "brokers": {link.label: link.snapshot() for link in self.links.values()}}
+
+    def write_stats(self) -> None:
+        if self.stats_path is None:
+            return
+        # Write-then-rename: a reader never sees half a file.
+        tmp = f"{self.stats_path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.snapshot(), f)
+        os.replace(tmp, self.stats_path)
+
     def _start_drain(self) -> None:
+        self._quiet_since = time.monotonic()
         self._drain_deadline = time.monotonic() + self.settings.drain_timeout
         log.info("RabbitMQ worker draining (at most %.1f s)", self.settings.drain_timeout)
 
     def _drain_step(self, now: float) -> None:
         queued = self.jobs.pending_bytes()
-        busy = queued or any(not link.idle for link in self.links.values())
+        if queued:
+            self._quiet_since = now
+        # Front-ends hand over their last jobs as they exit; wait for a quiet pipe.
+        quiet = now - self._quiet_since >= DRAIN_QUIET
+        busy = not quiet or any(not link.idle for link in self.links.values())
         if busy and now < self._drain_deadline:
             return
         if busy:
@@ -200,6 +231,6 @@ def _format_stats(stats) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(stats.items())) or "no jobs"
 
 
-def worker_main(jobs: JobQueue, settings) -> None:
+def worker_main(jobs: JobQueue, settings, stats_path: str | None = None) -> None:
     """The body of the RabbitMQ worker process."""
-    RabbitMQWorker(jobs, settings).run()
+    RabbitMQWorker(jobs, settings, stats_path).run()

@@ -17,7 +17,10 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import json
+import shutil
 import signal
+import tempfile
 import time
 
 from workers import logs
@@ -45,6 +48,8 @@ class Service:
         self.process = None
         self.restarts = 0
         self._deaths: list[float] = []
+        self.stats_path = None
+        self.final_stats: dict = {}  # the worker's last counters, kept after stop()
         self._owner_pid = None
         self._logging_installed = False
 
@@ -55,12 +60,14 @@ class Service:
             self._logging_installed = logs.install()
         self._owner_pid = os.getpid()
         self.jobs = JobQueue(self.ctx, self.settings.queue_size)
+        self._stats_dir = tempfile.mkdtemp(prefix="opsevent-stats-")
+        self.stats_path = os.path.join(self._stats_dir, "worker.json")
         self.evi.attach(self.jobs.sender())
         self.spawn_worker()
         return self
 
     def spawn_worker(self) -> None:
-        self.process = self.ctx.Process(target=worker_main, args=(self.jobs, self.settings),
+        self.process = self.ctx.Process(target=worker_main, args=(self.jobs, self.settings, self.stats_path),
                                         name=WORKER_NAME, daemon=False)
         self.process.start()
         log.info("started %s pid %d", WORKER_NAME, self.process.pid)
@@ -84,6 +91,22 @@ class Service:
         self.spawn_worker()
         return True
 
+    def stats(self) -> dict:
+        """The RabbitMQ worker's latest counters (refreshed every second and at exit).
+
+        Keys: ``jobs``, one count per status (``confirmed``, ``failed``,
+        ``unroutable``, ...), and ``brokers``: per broker (labelled without
+        password) its state, ``pending``, ``inflight``, ``published``,
+        ``connects``, ``connection_lost``, ``republished``,
+        ``dropped_backlog_full``, ``dropped_expired``, ``last_error``.
+        Counters restart with a new worker process.
+        """
+        try:
+            with open(self.stats_path) as f:
+                return json.load(f)
+        except (FileNotFoundError, TypeError):
+            return {}
+
     def stop(self) -> None:
         """Drain and stop the worker: bounded by the drain timeout plus a grace period."""
         if self.jobs is None or os.getpid() != self._owner_pid:
@@ -100,6 +123,8 @@ class Service:
             self.evi.detach()
             self.jobs.close()
             self.jobs = None
+            self.final_stats = self.stats()
+            shutil.rmtree(self._stats_dir, ignore_errors=True)
             if self._logging_installed:
                 logs.uninstall()
                 self._logging_installed = False

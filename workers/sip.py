@@ -403,7 +403,7 @@ class SipServer:
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, processes: int = 4,
-                 shed_age: float = 0.05, retry_after: int = 1, rcvbuf: int = 8 << 20,
+                 shed_age: float = 0.1, retry_after: int = 1, rcvbuf: int = 8 << 20,
                  table: TransactionTable | None = None, poll: float = 0.2):
         if host not in ("127.0.0.1", "localhost"):
             raise ValueError("the example SIP server binds loopback only (127.0.0.1)")
@@ -592,8 +592,8 @@ def main(argv=None) -> int:
                         "e.g. rabbitmq:127.0.0.1:5672/sipmsg (the queue must exist)")
     parser.add_argument("--port", type=int, default=5060, help="UDP port on 127.0.0.1 (default 5060)")
     parser.add_argument("--processes", type=int, default=4, help="front-end processes (default 4)")
-    parser.add_argument("--shed-age", type=float, default=0.05,
-                        help="answer 503 to a MESSAGE that waited longer than this (s; default 0.05)")
+    parser.add_argument("--shed-age", type=float, default=0.1,
+                        help="answer 503 to a MESSAGE that waited longer than this (s; default 0.1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=workers.logs.FORMAT)
     evi = opsevent.EventInterface(queue_size=QUEUE_SIZE)

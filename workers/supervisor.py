@@ -18,19 +18,30 @@ import socket
 import time
 
 from workers.frontend import frontend_main
-from workers.service import Service
+from workers.service import CRASH_LIMIT, CRASH_WINDOW, Service
+
+RESTART_POLICIES = ("on-failure", "always", "never")
 
 log = logging.getLogger(__name__)
 
 
 class Supervisor:
-    def __init__(self, evi, target, processes: int = 4, *, stop_grace: float = 3.0,
-                 install_logging: bool = True):
-        # Pre-fork: configuration only.
+    def __init__(self, evi, target, processes: int = 4, *, restart: str = "on-failure",
+                 stop_grace: float = 3.0, install_logging: bool = True):
+        """``restart`` says what happens when a front-end exits before a stop:
+        ``"on-failure"`` (default) starts a new one if it crashed (non-zero exit),
+        ``"always"`` also when it returned, ``"never"`` leaves it gone.  A rank
+        that crashes ``CRASH_LIMIT`` times within ``CRASH_WINDOW`` s is not
+        restarted again.  Called pre-fork: configuration only.
+        """
         if not callable(target):
             raise TypeError(f"target must be callable as target(rank, evi), got {target!r}")
         if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
             raise ValueError(f"processes must be a positive int, got {processes!r}")
+        if restart not in RESTART_POLICIES:
+            raise ValueError(f"restart must be one of {', '.join(RESTART_POLICIES)}, got {restart!r}")
+        self.restart = restart
+        self.restarts: dict[int, list[float]] = {}  # rank -> times it was restarted, within the window
         self.evi = evi
         self.target = target
         self.processes = processes
@@ -81,6 +92,7 @@ class Supervisor:
 
     def stop(self) -> None:
         """Stop front-ends (graceful, then forced), then drain and stop the worker."""
+        self.stopping = True
         try:
             self.stop_frontends()
         finally:
@@ -104,6 +116,21 @@ class Supervisor:
             del self.frontends[rank]
             level = logging.INFO if process.exitcode == 0 else logging.ERROR
             log.log(level, "front-end %d (pid %d) exited with code %d", rank, process.pid, process.exitcode)
+            if self._should_restart(rank, process.exitcode):
+                self.spawn_frontend(rank)
+
+    def _should_restart(self, rank: int, exitcode: int) -> bool:
+        if self.stopping or self.restart == "never" or (exitcode == 0 and self.restart != "always"):
+            return False
+        now = time.monotonic()
+        recent = [t for t in self.restarts.get(rank, []) if now - t < CRASH_WINDOW]
+        if len(recent) >= CRASH_LIMIT:
+            log.error("front-end %d exited %d times within %g s; not restarting it", rank, len(recent) + 1,
+                      CRASH_WINDOW)
+            return False
+        self.restarts[rank] = recent + [now]
+        log.info("restarting front-end %d (restart=%s)", rank, self.restart)
+        return True
 
     def stop_frontends(self) -> None:
         # SIGTERM asks; SIGINT interrupts a target that does not look; SIGKILL ends it.

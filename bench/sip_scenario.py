@@ -1,0 +1,132 @@
+"""The guide's example 1.5 under sipp: the SIP server's speed, and its behaviour at overload.
+
+``run(broker, rate=None, limit=32, duration=10, processes=4)`` drives the
+example SIP server (workers/sip.py, N front-ends) with sipp sending MESSAGE
+requests, at most *limit* outstanding (sipp ``-l``) and as fast as that
+allows when *rate* is None, and returns events/s into the queue and sipp's
+response-time percentiles.  It does not consume the queue.
+
+``overload(broker, rate, ...)`` runs open-loop at *rate* (no ``-l``),
+consumes every event and returns the exactness figures too: duplicate
+events, answered MESSAGEs without their event, shed (503) MESSAGEs with one.
+
+    python -m bench.sip_scenario [--duration 10] [--runs 3] [--overload 2.0] [--json FILE]
+
+starts its own private broker, runs the ``-l 32`` scenario *runs* times, then
+the overload case at ``--overload`` times the best sustained events/s, and
+prints both.  Peer on this machine kind (shared/notes/perf-anchors.md):
+Kamailio 5.6 with its rabbitmq module, 3,100-3,500 events/s in the ``-l 32``
+scenario, with duplicate events past ~3,000/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+
+from workers import sipdemo
+from workers.broker import PrivateBroker, delete_queue
+
+TARGET_EVENTS_PER_S = 7000
+TARGET_P99_MS = 20
+
+
+def _figures(r: sipdemo.DemoResult) -> dict:
+    sp = r.sipp
+    out = {
+        "rate": r.rate,
+        "limit": r.limit,
+        "duration": r.duration,
+        "processes": r.processes,
+        "sent": sp.created,
+        "retransmissions": sp.stat("Retransmissions(C)"),
+        "answered_200": len(sp.ok),
+        "answered_503": len(sp.shed),
+        "failed_calls": sp.stat("FailedCall(C)"),
+        "events": r.events,
+        "events_per_s": round(r.events_per_s, 1),
+        "window_s": round(r.window, 3),
+        "p50_ms": sp.percentile(50),
+        "p90_ms": sp.percentile(90),
+        "p99_ms": sp.percentile(99),
+        "max_ms": max(sp.rtt_ms) if sp.rtt_ms else None,
+        "server": r.server,
+        "cpu_us_per_event": {kind: round(seconds / r.events * 1e6, 1) if r.events else None
+                             for kind, seconds in r.cpu.items()},
+    }
+    out.update({k: v for k, v in r.checks.items()})
+    return out
+
+
+def run(broker, rate=None, limit=32, duration=10, processes=4) -> dict:
+    """One run against *broker*; a queue of its own, deleted afterwards."""
+    queue = f"sipbench-{uuid.uuid4().hex[:12]}"
+    try:
+        r = sipdemo.run(broker, rate=rate, duration=duration, processes=processes, limit=limit,
+                        queue=queue, consume_events=False)
+    finally:
+        delete_queue(broker, queue)
+    return _figures(r)
+
+
+def overload(broker, rate, duration=10, processes=4, limit=None) -> dict:
+    """Open loop at *rate*; every event consumed and checked."""
+    queue = f"sipbench-{uuid.uuid4().hex[:12]}"
+    try:
+        r = sipdemo.run(broker, rate=int(rate), duration=duration, processes=processes, limit=limit,
+                        queue=queue, consume_events=True)
+    finally:
+        delete_queue(broker, queue)
+    return _figures(r)
+
+
+def _line(name: str, f: dict) -> str:
+    shed = f["server"].get("shed_age", 0) + f["server"].get("shed_queue", 0)
+    text = (f"{name}: {f['events_per_s']:,.0f} events/s ({f['events']:,} events), sent {f['sent']:,} "
+            f"+ {f['retransmissions']:,} retransmissions, 200 {f['answered_200']:,}, 503 {f['answered_503']:,} "
+            f"(server shed {shed:,}), p50/p90/p99/max {f['p50_ms']}/{f['p90_ms']}/{f['p99_ms']}/{f['max_ms']} ms")
+    if "duplicate_events" in f:
+        text += (f"; duplicates {f['duplicate_events']}, 200 without event {f['answered_200_without_event']}, "
+                 f"503 with event {f['shed_503_with_event']}, exact {f['ok']}")
+    cpu = ", ".join(f"{k} {v}" for k, v in f["cpu_us_per_event"].items())
+    return text + f"\n    CPU us/event: {cpu}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.sip_scenario", description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--processes", type=int, default=4)
+    parser.add_argument("--limit", type=int, default=32)
+    parser.add_argument("--runs", type=int, default=3, help="runs of the -l scenario (default 3)")
+    parser.add_argument("--overload", type=float, default=2.0,
+                        help="overload rate as a multiple of the best events/s (0: skip; default 2)")
+    parser.add_argument("--json", help="write every figure to this file")
+    args = parser.parse_args(argv)
+    results = {"limit_runs": [], "overload": None}
+    with PrivateBroker() as broker:
+        for i in range(args.runs):
+            f = run(broker, rate=None, limit=args.limit, duration=args.duration, processes=args.processes)
+            results["limit_runs"].append(f)
+            print(_line(f"-l {args.limit} run {i + 1}", f), flush=True)
+        best = max(f["events_per_s"] for f in results["limit_runs"]) if results["limit_runs"] else 0
+        if args.overload and best:
+            rate = int(best * args.overload)
+            f = overload(broker, rate, duration=args.duration, processes=args.processes)
+            results["overload"] = f
+            print(_line(f"overload {rate:,}/s ({args.overload:g}x)", f), flush=True)
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(results, out, indent=2)
+    ok = all(f["events_per_s"] >= TARGET_EVENTS_PER_S and (f["p99_ms"] or 0) <= TARGET_P99_MS
+             for f in results["limit_runs"][:1] or [{}] if f)
+    if results["overload"] is not None:
+        ok = ok and results["overload"]["duplicate_events"] == 0 and results["overload"]["ok"]
+    print(f"targets (>= {TARGET_EVENTS_PER_S:,} events/s with p99 <= {TARGET_P99_MS} ms; "
+          f"no duplicates at overload): {'met' if ok else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

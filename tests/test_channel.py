@@ -1,0 +1,100 @@
+"""The job channel: bounded queue, addressed replies, one reply box per process."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+
+from opsevent import Status, parse_socket
+from workers.channel import JobQueue, Replier, ReplyBox
+
+FORK = multiprocessing.get_context("fork")
+SOCKET = parse_socket("rabbitmq:127.0.0.1/q")
+
+
+def test_a_late_reply_to_a_timed_out_caller_is_discarded_not_read_by_the_next_caller():
+    box, replier = ReplyBox(), Replier()
+    box.expect(1)
+    assert box.wait(1, time.monotonic() + 0.05) is None  # the caller gave up
+    replier.send(box.address, 1, (("confirmed", ""),))  # the worker answers late
+    box.expect(2)
+    replier.send(box.address, 2, (("failed", "for seq 2"),))
+    assert box.wait(2, time.monotonic() + 2) == (("failed", "for seq 2"),)
+    assert box.discarded == 1
+
+
+def test_threads_waiting_on_one_reply_box_each_get_their_own_reply():
+    box, replier = ReplyBox(), Replier()
+    got = {}
+    for seq in range(1, 9):
+        box.expect(seq)
+
+    def wait(seq):
+        got[seq] = box.wait(seq, time.monotonic() + 5)
+
+    threads = [threading.Thread(target=wait, args=(seq,)) for seq in range(1, 9)]
+    for t in threads:
+        t.start()
+    for seq in reversed(range(1, 9)):
+        replier.send(box.address, seq, ((f"status {seq}", ""),))
+    for t in threads:
+        t.join(10)
+    assert got == {seq: ((f"status {seq}", ""),) for seq in range(1, 9)}
+
+
+def test_a_raise_on_a_full_queue_fails_at_once_in_both_modes():
+    jobs = JobQueue(FORK, maxsize=2)
+    sender = jobs.sender()
+    assert sender.submit((SOCKET,), b"E\n", False, 1.0) == ((Status.QUEUED, ""),)
+    assert sender.submit((SOCKET,), b"E\n", False, 1.0) == ((Status.QUEUED, ""),)
+    for sync in (False, True):
+        started = time.monotonic()
+        (status, reason), = sender.submit((SOCKET,), b"E\n", sync, 5.0)
+        assert status is Status.QUEUE_FULL and "full" in reason
+        assert time.monotonic() - started < 0.5
+    assert sender.queue_full == 2
+    jobs.close()
+
+
+def test_the_worker_end_reads_every_job_from_several_processes_and_frees_their_slots():
+    jobs = JobQueue(FORK, maxsize=50)
+
+    def produce(rank):
+        sender = jobs.sender()
+        for i in range(40):
+            while sender.submit((SOCKET,), b"%d-%d" % (rank, i), False, 1.0)[0][0] is not Status.QUEUED:
+                time.sleep(0.001)  # full: the reader frees slots as it reads
+
+    producers = [FORK.Process(target=produce, args=(rank,)) for rank in range(3)]
+    for p in producers:
+        p.start()
+    jobs.attach_reader()
+    bodies, deadline = [], time.monotonic() + 20
+    while len(bodies) < 120 and time.monotonic() < deadline:
+        bodies += [job[3] for job in jobs.receive(1000)]
+        time.sleep(0.001)
+    for p in producers:
+        p.join(10)
+    assert sorted(bodies) == sorted(b"%d-%d" % (r, i) for r in range(3) for i in range(40))
+    for rank in range(3):  # each producer's jobs arrive in its order
+        mine = [b for b in bodies if b.startswith(b"%d-" % rank)]
+        assert mine == [b"%d-%d" % (rank, i) for i in range(40)]
+    jobs.close()
+
+
+def test_a_forked_child_makes_its_own_reply_box_instead_of_reading_the_parents():
+    jobs = JobQueue(FORK, maxsize=10)
+    sender = jobs.sender()
+    parent_box = sender._reply_box()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its box's address and exit without cleanup
+        box = sender._reply_box()
+        os.write(w, box.address if box is not parent_box and box.pid == os.getpid() else b"same")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child_address = os.read(r, 200)
+    assert child_address not in (b"same", parent_box.address)
+    jobs.close()
