@@ -234,12 +234,17 @@ class JobSender:
 
         Called as a front-end exits.  ``multiprocessing.Queue`` would otherwise
         wait without bound for its feeder thread at exit, and hang for ever
-        if the worker is already gone and the pipe full.
+        if the worker is already gone and the pipe full.  It waits as long as
+        the worker keeps taking jobs, and gives up after ``timeout`` seconds
+        without progress.
         """
-        deadline = time.monotonic() + timeout
-        while self._queue._buffer and time.monotonic() < deadline:
+        buffer = self._queue._buffer
+        left, deadline = len(buffer), time.monotonic() + timeout
+        while buffer and time.monotonic() < deadline:
             time.sleep(0.01)
-        left = len(self._queue._buffer)
+            if len(buffer) < left:
+                left, deadline = len(buffer), time.monotonic() + timeout
+        left = len(buffer)
         if left:
             self._queue.cancel_join_thread()
         return left

@@ -158,7 +158,7 @@ class BrokerLink:
         self._retry_timer = None
         if self.state is not IDLE:
             return
-        host, port, user, password, vhost = self.key
+        host, port, user, password, vhost = self.key[:5]
         s = self.settings
         params = pika.ConnectionParameters(
             host=host, port=port, virtual_host=vhost,
@@ -207,7 +207,7 @@ class BrokerLink:
 
     def _on_open_error(self, _unused_conn, error) -> None:
         if isinstance(error, (exceptions.ProbableAuthenticationError, exceptions.ProbableAccessDeniedError)):
-            host, port, user, _unused_password, vhost = self.key
+            host, port, user, _unused_password, vhost = self.key[:5]
             reason = f"access refused for user '{user}' at {host}:{port} (vhost '{vhost}')"
         else:
             reason = f"cannot connect to {self.label}: {_describe(error)}"

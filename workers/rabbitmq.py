@@ -31,6 +31,10 @@ from workers.process import reset_signals, set_parent_death_signal
 
 log = logging.getLogger(__name__)
 
+# The worker holds at most this many unresolved publishes (or bytes of them);
+# beyond that it stops reading, so the shared queue fills and raises get
+# "queue full" at once instead of the worker's memory growing without bound.
+MAX_OUTSTANDING_BYTES = 32 << 20
 JOBS_PER_TURN = 5000  # jobs read before pika gets a turn, so confirms and heartbeats keep flowing
 TICK = 0.05  # seconds between sweeps for sync deadlines and silent brokers
 DRAIN_QUIET = 0.3  # seconds the pipe must stay empty before a draining worker closes
@@ -56,6 +60,9 @@ class RabbitMQWorker:
         self.stats_path = stats_path  # where a JSON snapshot of the counters goes every STATS_EVERY s
         self.links: dict[tuple, BrokerLink] = {}
         self.stats = collections.Counter()
+        self.outstanding = 0  # publishes handed to links and not yet resolved
+        self.outstanding_bytes = 0
+        self.reading = True
         self.stop_requested = False
         self.finished = False
         self._failures = {}  # status -> (count since last log line, time of that line)
@@ -122,6 +129,21 @@ class RabbitMQWorker:
             self.handle(job)
         for link in self.links.values():
             link.flush()
+        if self._saturated():
+            # Level-triggered poller: stop watching the pipe, or it would spin.
+            self.ioloop.remove_handler(self.jobs.fileno())
+            self.reading = False
+            self.stats["paused_reading"] += 1
+
+    def _saturated(self) -> bool:
+        return (self.outstanding >= self.settings.backlog_size
+                or self.outstanding_bytes >= MAX_OUTSTANDING_BYTES)
+
+    def _resume_reading(self) -> None:
+        if not self.reading and self.outstanding <= self.settings.backlog_size // 2 \
+                and self.outstanding_bytes <= MAX_OUTSTANDING_BYTES // 2:
+            self.ioloop.add_handler(self.jobs.fileno(), self._on_jobs, PollEvents.READ)
+            self.reading = True
 
     def handle(self, job) -> None:
         seq, reply, sockets, body, raised_at = job
@@ -136,6 +158,8 @@ class RabbitMQWorker:
                 for i in range(len(sockets)):
                     self._finish(record, i, Status.TIMEOUT, "the caller gave up before the worker read the job")
                 return
+        self.outstanding += len(sockets)
+        self.outstanding_bytes += len(sockets) * len(body)
         for i, wire in enumerate(sockets):
             sock = _socket(wire)
             link = self.links.get(sock.broker)
@@ -145,6 +169,10 @@ class RabbitMQWorker:
             link.submit(Item(record, i, sock.exchange, sock.routing_key, body, raised_at, deadline))
 
     def _done(self, item: Item, status: Status, reason: str) -> None:
+        self.outstanding -= 1
+        self.outstanding_bytes -= len(item.body)
+        if not self.reading:
+            self._resume_reading()
         self._finish(item.job, item.index, status, reason)
 
     def _finish(self, job: Job, index: int, status: Status, reason: str) -> None:
@@ -183,7 +211,7 @@ class RabbitMQWorker:
 
     def snapshot(self) -> dict:
         """Every counter as plain data: totals by status, and per broker."""
-        return {"pid": os.getpid(), "time": time.time(), **self.stats,
+        return {"pid": os.getpid(), "time": time.time(), "outstanding": self.outstanding, **self.stats,
                 "brokers": {link.label: link.snapshot() for link in self.links.values()}}
 
     def write_stats(self) -> None:
@@ -197,10 +225,19 @@ class RabbitMQWorker:
 
     def _start_drain(self) -> None:
         self._quiet_since = time.monotonic()
+        self._drain_progress = None
+        self._drain_reported = False
         self._drain_deadline = time.monotonic() + self.settings.drain_timeout
         log.info("RabbitMQ worker draining (at most %.1f s)", self.settings.drain_timeout)
 
     def _drain_step(self, now: float) -> None:
+        # The drain timeout bounds a drain that makes no progress; one that
+        # keeps reading jobs and getting confirms goes on (the queue's size
+        # bounds how long that can take).
+        progress = (self.stats["jobs"], self.outstanding)
+        if progress != self._drain_progress:
+            self._drain_progress = progress
+            self._drain_deadline = now + self.settings.drain_timeout
         queued = self.jobs.pending_bytes()
         if queued:
             self._quiet_since = now
@@ -209,10 +246,11 @@ class RabbitMQWorker:
         busy = not quiet or any(not link.idle for link in self.links.values())
         if busy and now < self._drain_deadline:
             return
-        if busy:
+        if busy and not self._drain_reported:
+            self._drain_reported = True
             left = sum(len(link.pending) + len(link.inflight) for link in self.links.values())
-            log.error("drain timeout: %d events not confirmed by the broker%s", left,
-                      " and jobs still queued" if queued else "")
+            log.error("drain timeout: no progress for %.1f s; %d events not confirmed by the broker%s",
+                      self.settings.drain_timeout, left, " and jobs still queued" if queued else "")
         for link in self.links.values():
             if link.state != "closing" and not link.closed:
                 link.close()

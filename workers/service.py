@@ -114,7 +114,7 @@ class Service:
         try:
             if self.process is not None and self.process.is_alive():
                 os.kill(self.process.pid, signal.SIGTERM)
-                self.process.join(self.settings.drain_timeout + 5.0)
+                self._wait_for_drain()
                 if self.process.is_alive():
                     log.error("%s did not stop in time; killing it", WORKER_NAME)
                     self.process.kill()
@@ -128,6 +128,18 @@ class Service:
             if self._logging_installed:
                 logs.uninstall()
                 self._logging_installed = False
+
+    def _wait_for_drain(self) -> None:
+        # Bounded like the worker's own drain: by the drain timeout without
+        # progress (the stats file's counters), plus a grace for closing.
+        grace = self.settings.drain_timeout + 5.0
+        deadline, last = time.monotonic() + grace, None
+        while self.process.is_alive() and time.monotonic() < deadline:
+            self.process.join(0.2)
+            stats = self.stats()
+            progress = (stats.get("jobs"), stats.get("outstanding"))
+            if progress != last:
+                last, deadline = progress, time.monotonic() + grace
 
     def __enter__(self) -> "Service":
         return self if self.jobs is not None else self.start()

@@ -285,7 +285,7 @@ class TransactionTable:
     _CODES = _EXPIRES + 8 * SLOTS
     BUCKET = _CODES + 2 * SLOTS  # 416 bytes
 
-    def __init__(self, buckets: int = 1 << 16, lifetime: float = 32.0, stripes: int = 64,
+    def __init__(self, buckets: int = 1 << 17, lifetime: float = 32.0, stripes: int = 64,
                  lock_timeout: float = 0.5, ctx=None):
         if buckets < 1 or buckets & (buckets - 1):
             raise ValueError(f"buckets must be a power of two, got {buckets}")
@@ -389,8 +389,13 @@ COUNTERS = (
     "shed_queue",        # 503: the worker's job queue was full (the raise failed)
     "table_full",        # no free slot in the transaction table: dropped unanswered
     "send_errors",
+    "errors",            # a bug: handling raised; logged, counted, and the front-end goes on
 )
 _INDEX = {name: i for i, name in enumerate(COUNTERS)}
+# Sojourn time of answered datagrams, from the kernel's receive timestamp to
+# the reply's sendto: bucket i holds times below 0.25 ms * 2**i (the last, the rest).
+SOJOURN_BUCKETS = 14
+SOJOURN_LIMITS_MS = tuple(0.25 * 2 ** i for i in range(SOJOURN_BUCKETS - 1))
 
 
 class SipServer:
@@ -430,9 +435,10 @@ class SipServer:
         self.rcvbuf = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         self.table = table if table is not None else TransactionTable()
         # Per-rank counters (rank 0: the process that calls handle() directly, e.g. tests).
-        self._counters_mm = mmap.mmap(-1, (processes + 1) * len(COUNTERS) * 8)
-        self._row = struct.Struct(f"<{len(COUNTERS)}q")
-        self.counts = [0] * len(COUNTERS)
+        self._width = len(COUNTERS) + SOJOURN_BUCKETS
+        self._counters_mm = mmap.mmap(-1, (processes + 1) * self._width * 8)
+        self._row = struct.Struct(f"<{self._width}q")
+        self.counts = [0] * self._width
         self.rank = 0
 
     @property
@@ -530,7 +536,8 @@ class SipServer:
     def target(self, rank: int, evi) -> None:
         """A front-end: receive, handle, reply, until workers.stopping()."""
         self.rank = rank
-        self.counts = [0] * len(COUNTERS)
+        self.counts = counts = [0] * self._width
+        first_bucket, last_bucket = len(COUNTERS), self._width - 1
         sock = self.sock
         recvmsg, sendto = sock.recvmsg, sock.sendto
         handle, unpack = self.handle, _TIMESPEC.unpack
@@ -544,17 +551,27 @@ class SipServer:
                     self.flush_counters()
                     last_flush = time.monotonic()
                     continue
-                age = 0.0
+                age, arrived = 0.0, None
                 if anc:
                     sec, nsec = unpack(anc[0][2][:16])
-                    age = clock() - (sec + nsec * 1e-9)
-                reply = handle(evi, data, age)
+                    arrived = sec + nsec * 1e-9
+                    age = clock() - arrived
+                try:
+                    reply = handle(evi, data, age)
+                except Exception:
+                    self.counts[17] += 1
+                    if self.counts[17] <= 3:
+                        log.exception("front-end %d: handling a datagram failed", rank)
+                    continue
                 if reply is not None:
                     try:
                         sendto(reply, addr)
                     except OSError:
-                        self.counts[16] += 1
-                if self.counts[0] & 1023 == 0:
+                        counts[16] += 1
+                    if arrived is not None:
+                        bucket = first_bucket + int((clock() - arrived) * 4000).bit_length()
+                        counts[bucket if bucket < last_bucket else last_bucket] += 1
+                if counts[0] & 1023 == 0:
                     now = time.monotonic()
                     if now - last_flush > 0.25:
                         self.flush_counters()
@@ -568,18 +585,38 @@ class SipServer:
         """Publish this process's counters to the shared table (its rank's row)."""
         self._row.pack_into(self._counters_mm, self.rank * self._row.size, *self.counts)
 
-    def totals(self) -> dict[str, int]:
-        """Counters summed over every front-end (as last flushed) and this process."""
-        sums = [0] * len(COUNTERS)
+    def totals(self) -> dict:
+        """Counters summed over every front-end (as last flushed) and this process.
+
+        ``sojourn`` is the histogram of answered datagrams' time in the server
+        (see ``SOJOURN_LIMITS_MS``); ``sojourn_percentile(totals, p)`` reads it.
+        """
+        sums = [0] * self._width
         for rank in range(self.processes + 1):
             row = self.counts if rank == self.rank else self._row.unpack_from(
                 self._counters_mm, rank * self._row.size)
             for i, value in enumerate(row):
                 sums[i] += value
-        return dict(zip(COUNTERS, sums))
+        totals = dict(zip(COUNTERS, sums))
+        totals["sojourn"] = sums[len(COUNTERS):]
+        return totals
 
     def close(self) -> None:
         self.sock.close()
+
+
+def sojourn_percentile(totals: dict, p: float) -> float | None:
+    """The upper bound (ms) of the histogram bucket holding the p-th percentile; inf past the last."""
+    hist = totals.get("sojourn") or []
+    n = sum(hist)
+    if not n:
+        return None
+    rank, seen = p / 100 * n, 0
+    for i, count in enumerate(hist):
+        seen += count
+        if seen >= rank:
+            return SOJOURN_LIMITS_MS[i] if i < len(SOJOURN_LIMITS_MS) else float("inf")
+    return float("inf")
 
 
 # ---- python -m workers.sip: run the server on its own -------------------------------

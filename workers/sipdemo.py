@@ -302,6 +302,7 @@ class DemoResult:
     window: float                        # seconds: sipp's launch to the last event in the queue
     bodies: list[bytes] | None = None    # consumed, when asked for
     cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds used during the run, by process kind
+    machine: dict[str, float] = field(default_factory=dict)  # cores, and cores busy with other work
     table_bytes: int = 0
     checks: dict[str, object] = field(default_factory=dict)
 
@@ -361,6 +362,7 @@ def _drive(sup, server, watch: QueueWatch, cmd, workdir, rate, duration, settle_
     out = open(Path(workdir, "sipp.out"), "wb")
     pids = _server_pids(sup, broker)
     cpu_before = {kind: sum(map(_cpu_seconds, p)) for kind, p in pids.items()}
+    busy_before = _machine_busy()
     started = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=workdir, stdin=subprocess.DEVNULL, stdout=out,
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -405,9 +407,13 @@ def _drive(sup, server, watch: QueueWatch, cmd, workdir, rate, duration, settle_
     window = max(1e-9, watch.changed_at - started)
     cpu = {kind: sum(map(_cpu_seconds, p)) - cpu_before[kind] for kind, p in pids.items()}
     cpu["sipp"] = sipp_cpu
+    busy = _machine_busy() - busy_before
+    span = time.monotonic() - started
+    machine = {"cores": os.cpu_count(),
+               "others_cores": round(max(0.0, busy - sum(cpu.values())) / span, 2)}
     sipp_result = read_sipp(workdir, proc.returncode, elapsed, killed)
     return DemoResult(None, duration, 0, None, server.port, sipp_result, {}, watch.count,
-                      watch.count / window, window, cpu=cpu)
+                      watch.count / window, window, cpu=cpu, machine=machine)
 
 
 def _server_pids(sup, broker) -> dict[str, list[int]]:
@@ -421,6 +427,17 @@ def _server_pids(sup, broker) -> dict[str, list[int]]:
 
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy() -> float:
+    """CPU seconds the whole machine has spent busy (all cores; /proc/stat)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / _CLK_TCK
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -497,10 +514,14 @@ def summary(r: DemoResult) -> str:
         f"{s.get('retrans_answered', 0):,} retransmissions re-answered, "
         f"{s.get('retrans_absorbed', 0):,} absorbed, {s.get('shed_age', 0) + s.get('shed_queue', 0):,} shed, "
         f"{s.get('malformed', 0):,} malformed",
+        "time in the server  " + "  ".join(f"p{q} < {sip.sojourn_percentile(s, q)} ms" for q in (50, 99, 99.9))
+        + "  (kernel receive timestamp to reply)",
     ]
     if r.cpu and r.events:
         lines.append("CPU per event (us)  " + "  ".join(
-            f"{kind} {seconds / r.events * 1e6:,.0f}" for kind, seconds in r.cpu.items()))
+            f"{kind} {seconds / r.events * 1e6:,.0f}" for kind, seconds in r.cpu.items())
+            + (f"  (other processes kept {r.machine['others_cores']:.2f} of {r.machine['cores']} cores busy)"
+               if r.machine else ""))
     if r.sample is not None:
         lines.append(f"sample event        {r.sample!r}")
     c = r.checks
