@@ -5,6 +5,13 @@ decodes event bodies, keeps the subscription table and turns a raise into one
 status per subscriber. It has no networking code and starts no processes; a
 Transport (the ``workers`` package) carries the bodies to RabbitMQ. It
 imports only the standard library, and a test keeps it that way.
+
+Modules: ``sockets`` (the guide's socket syntax, and the extended one:
+OpenSIPS 3.2 parameters, vhost, tls, per-socket format, failover hosts),
+``payload`` (event bodies in the guide's line format or, through
+``jsonrpc``, as the JSON-RPC notification of OpenSIPS 3.1.1+; the format is
+chosen per EventInterface and per socket), ``subscriptions`` and
+``interface``.
 """
 
 from .errors import (

@@ -5,6 +5,12 @@ that runs in the process raising the event. It builds the body once and hands
 it, with the subscriber sockets, to a :class:`Transport`. It never talks to
 RabbitMQ: the transport (the ``workers`` package) does, in another process.
 
+Body formats: each subscriber gets the body in its socket's ``format=``, or
+else in the interface's ``format`` setting (the guide's ``"lines"`` unless
+set to ``"json"``). A raise builds each format's body once and submits it
+once, with the subscribers that want it; when every subscriber wants the
+same format (the usual case) that is one body and one submit, as before.
+
 Programmer errors raise (a bad event name, a bad parameter, a bad socket).
 Runtime outcomes are returned: every raise gives a :class:`RaiseResult` with
 one :class:`Delivery`, and its :class:`Status`, per subscriber.
@@ -17,7 +23,7 @@ from dataclasses import dataclass, fields
 from typing import Protocol
 
 from .errors import ConfigError, EventSyntaxError, EventTooLargeError, OpseventError
-from .payload import Params, check_event_name, encode_event
+from .payload import FORMATS, Params, _items, check_event_name, encode_event
 from .sockets import RabbitMQSocket, parse_socket
 from .subscriptions import Subscriptions
 
@@ -105,6 +111,10 @@ class Settings:
     backlog_age (60.0)
         Oldest an async event may be when published; an older one is
         dropped, counted and logged instead of flushed late; > 0.
+    format ("lines")
+        The body format of subscribers whose socket has no ``format=``:
+        ``"lines"`` (the guide's line format) or ``"json"`` (the JSON-RPC
+        notification of OpenSIPS 3.1.1+); see :mod:`opsevent.payload`.
     """
 
     heartbeat: int = 0
@@ -118,6 +128,7 @@ class Settings:
     backlog_size: int = 100_000
     backlog_age: float = 60.0
     persistent: bool = False
+    format: str = "lines"
 
     def __post_init__(self) -> None:
         _check_int(self, "heartbeat", 0, 65535)
@@ -129,6 +140,9 @@ class Settings:
         object.__setattr__(self, "sync_mode", bool(self.sync_mode))
         if type(self.persistent) is not bool:
             raise ConfigError(f"persistent must be a bool, not {self.persistent!r}")
+        if type(self.format) is not str or self.format not in FORMATS:
+            raise ConfigError(f"format must be one of "
+                              f"{', '.join(map(repr, FORMATS))}, not {self.format!r}")
         for name in ("sync_timeout", "connect_timeout", "reconnect_min",
                      "reconnect_max", "backlog_age"):
             _check_seconds(self, name, positive=True)
@@ -181,7 +195,8 @@ class EventInterface:
     """Subscriptions plus raising; what a front-end process holds.
 
     ``EventInterface(heartbeat=3, sync_mode=True, sync_timeout=1.0)``: the
-    keyword arguments are the fields of :class:`Settings`.
+    keyword arguments are the fields of :class:`Settings`
+    (``format="json"`` among them).
     """
 
     def __init__(self, heartbeat: int = 0, sync_mode: bool = False,
@@ -214,7 +229,9 @@ class EventInterface:
     def subscribe_event(self, event: str, socket: str | RabbitMQSocket) -> bool:
         """Subscribe *socket* (text or parsed) to *event*; False if it already was.
 
-        Subscribing again with another password replaces the password.
+        Subscribing the same subscriber again (see :class:`RabbitMQSocket`
+        equality) with another password, ``persistent`` or ``format``
+        replaces the earlier socket, in its place.
         """
         return self.subscriptions.add(event, _as_socket(socket))
 
@@ -232,6 +249,13 @@ class EventInterface:
 
         *params* is a mapping or ``(name, value)`` pairs. Or, as in the
         guide's script, *vals* with optional *attrs* naming them one to one.
+
+        Each subscriber gets the body in its socket's format, or the
+        ``format`` setting's. Each format's body is built once and submitted
+        once, with its subscribers; a body too large in one format is
+        TOO_LARGE for those subscribers only. In sync mode, subscribers of
+        two formats mean two submits, one after the other, each waiting up
+        to ``sync_timeout``.
         """
         if attrs is not None or vals is not None:
             params = _zip_attrs(params, attrs, vals)
@@ -244,24 +268,60 @@ class EventInterface:
             # even when nobody has subscribed yet.
             check_event_name(event)
             return RaiseResult(event, ())
+        settings = self.settings
+        body_format = settings.format
+        for socket in sockets:
+            if socket.format is not None and socket.format != body_format:
+                return self._raise_formats(event, params, sockets)
         try:
-            body = encode_event(event, params)
+            body = encode_event(event, params, body_format)
         except EventTooLargeError as err:
             return _same_for_all(event, sockets, Status.TOO_LARGE, str(err))
         transport = self._transport
         if transport is None:
             return _same_for_all(event, sockets, Status.NOT_RUNNING,
                                  NOT_RUNNING_REASON)
-        settings = self.settings
         statuses = transport.submit(sockets, body, settings.sync_mode,
                                     settings.sync_timeout)
         if len(statuses) != len(sockets):
-            raise OpseventError(
-                f"{type(transport).__name__}.submit() gave {len(statuses)} "
-                f"statuses for {len(sockets)} sockets")
+            _wrong_count(transport, statuses, sockets)
         return RaiseResult(event, tuple(
             Delivery(socket, status, reason)
             for socket, (status, reason) in zip(sockets, statuses)))
+
+    def _raise_formats(self, event: str, params,
+                       sockets: tuple[RabbitMQSocket, ...]) -> RaiseResult:
+        """raise_event when the subscribers want bodies in more than one format."""
+        settings = self.settings
+        if type(params) not in (dict, list, tuple):
+            params = list(_items(event, params))  # an iterator reads only once
+        groups: dict[str, list[int]] = {}  # format -> its subscribers' indexes
+        for index, socket in enumerate(sockets):
+            groups.setdefault(socket.format or settings.format, []).append(index)
+        # Every body first, so that a bad parameter raises before any submit.
+        bodies = {}
+        for body_format in groups:
+            try:
+                bodies[body_format] = encode_event(event, params, body_format)
+            except EventTooLargeError as err:
+                bodies[body_format] = err
+        transport = self._transport
+        deliveries: list = [None] * len(sockets)
+        for body_format, indexes in groups.items():
+            body = bodies[body_format]
+            group = tuple(sockets[index] for index in indexes)
+            if isinstance(body, EventTooLargeError):
+                statuses = [(Status.TOO_LARGE, str(body))] * len(group)
+            elif transport is None:
+                statuses = [(Status.NOT_RUNNING, NOT_RUNNING_REASON)] * len(group)
+            else:
+                statuses = transport.submit(group, body, settings.sync_mode,
+                                            settings.sync_timeout)
+                if len(statuses) != len(group):
+                    _wrong_count(transport, statuses, group)
+            for index, socket, (status, reason) in zip(indexes, group, statuses):
+                deliveries[index] = Delivery(socket, status, reason)
+        return RaiseResult(event, tuple(deliveries))
 
     def __repr__(self) -> str:
         transport = type(self._transport).__name__ if self._transport else None
@@ -291,6 +351,12 @@ def _zip_attrs(params, attrs, vals) -> list:
             f"attrs has {len(attrs)} names but vals has {len(vals)} values; "
             f"they pair up one to one")
     return list(zip(attrs, vals))
+
+
+def _wrong_count(transport: Transport, statuses, sockets) -> None:
+    raise OpseventError(
+        f"{type(transport).__name__}.submit() gave {len(statuses)} "
+        f"statuses for {len(sockets)} sockets")
 
 
 def _same_for_all(event: str, sockets: tuple[RabbitMQSocket, ...],

@@ -1,6 +1,31 @@
 r"""Event bodies: the text of one raised event, as the bytes of one AMQP message.
 
-Grammar (admin guide 1.2, made exact; LF is "\n", CR is "\r")::
+Two formats, chosen per EventInterface (``format`` setting) and per socket
+(its ``format=`` parameter):
+
+``"lines"`` (the default)
+    The guide's line format, below.
+``"json"``
+    The JSON-RPC notification of OpenSIPS 3.1.1 and later:
+    ``{"jsonrpc":"2.0","method":"E_PIKE_BLOCKED","params":{"ip":"192.168.2.11"}}``.
+    Its exact rules are in :mod:`opsevent.jsonrpc`.
+
+``encode_event(name, params, format="lines")`` writes either;
+``decode_event(body)`` reads either. It reads a body as JSON when it starts
+with the two bytes ``{"`` and as lines otherwise. That is exact: a
+line-format body starts with its event name, and an event name cannot
+contain ``"``, so no line-format body starts with ``{"`` (an event named
+``{x`` is still read as lines), while every JSON body the encoder writes
+starts with ``{"jsonrpc"``. A JSON body that opens with whitespace
+(``{ "jsonrpc"...``) is not detected: pass ``format="json"``.
+
+What comes back differs in one way: the line format gives every value back
+as text (``7`` and None are written ``7`` and an empty value), the JSON
+format gives values back as they were typed (int, None or str). Either
+way, ``encode_event(*decode_event(body), format=F) == body`` for a body
+the encoder wrote in format F.
+
+Line format grammar (admin guide 1.2, made exact; LF is "\n", CR is "\r")::
 
     event-body   = event-name LF *( parameter LF )
     parameter    = [ param-name "::" ] value
@@ -32,13 +57,15 @@ Writing rules. The encoder follows them and the decoder enforces them, so
   read back as text. bool is refused: ``True`` is neither ``1`` nor ``true``
   with any certainty.
 * The body is UTF-8, NUL included, and at most ``MAX_BODY_SIZE`` (16384)
-  bytes (guide FAQ 2.1). A bigger event is refused, never truncated.
+  bytes (guide FAQ 2.1). A bigger event is refused, never truncated. The
+  same limit holds for JSON bodies.
 """
 
 import re
 from collections.abc import Iterable, Mapping
 
 from .errors import (
+    ConfigError,
     EventSyntaxError,
     EventTooLargeError,
     EventValueTypeError,
@@ -46,9 +73,12 @@ from .errors import (
     PayloadTypeError,
 )
 
-__all__ = ["MAX_BODY_SIZE", "encode_event", "decode_event", "check_event_name"]
+__all__ = ["MAX_BODY_SIZE", "FORMATS", "encode_event", "decode_event",
+           "check_event_name"]
 
 MAX_BODY_SIZE = 16384
+# The body formats: the guide's line format (the default) and JSON-RPC.
+FORMATS = ("lines", "json")
 
 Value = str | int | None
 Params = Mapping[str | None, Value] | Iterable[tuple[str | None, Value]]
@@ -85,15 +115,22 @@ def check_event_name(name: str) -> str:
     return name
 
 
-def encode_event(name: str, params: Params = ()) -> bytes:
-    """The UTF-8 body for event *name* with *params*.
+def encode_event(name: str, params: Params = (), format: str = "lines") -> bytes:
+    """The UTF-8 body for event *name* with *params*, in *format*.
 
     *params* is a mapping of name to value, or an iterable of
     ``(name, value)`` pairs where a None name makes an unnamed value. Values
-    are str, int or None. Raises EventSyntaxError (EventValueTypeError for a
-    wrong type) naming the bad parameter, and EventTooLargeError when the
-    body would be over MAX_BODY_SIZE.
+    are str, int or None. *format* is ``"lines"`` (the guide's) or
+    ``"json"`` (JSON-RPC, :mod:`opsevent.jsonrpc`; it also refuses a mix of
+    named and unnamed parameters and a name given twice). Raises
+    EventSyntaxError (EventValueTypeError for a wrong type) naming the bad
+    parameter, EventTooLargeError when the body would be over MAX_BODY_SIZE,
+    and ConfigError for an unknown *format*.
     """
+    if format != "lines":
+        if format == "json":
+            return _encode_jsonrpc(name, params)
+        _bad_format(format)
     # This runs on every raise: the common case costs a few regex searches,
     # one join and one encode. The helpers only run to explain an error.
     if type(name) is not str or not name or _SPECIAL.search(name):
@@ -176,18 +213,28 @@ def _value_text(name: str, index: int, key, value) -> str:
     """The text of a value that is not a plain str."""
     if value is None:
         return ""
+    # int.__repr__ and str.__str__ so subclasses (IntEnum...) give plain text.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int.__repr__(value)
+    if isinstance(value, str):
+        return str.__str__(value)
+    _value_type_error(name, index, key, value)
+
+
+def _value_type_error(name: str, index: int, key, value):
+    """Raise the error for a value that is not str, int or None."""
     if isinstance(value, bool):
         raise EventValueTypeError(
             f"{_where(name, index, key)} is a bool, which is ambiguous; pass "
             f"an int (1/0) or a str ('true'/'false')")
-    # int.__repr__ and str.__str__ so subclasses (IntEnum...) give plain text.
-    if isinstance(value, int):
-        return int.__repr__(value)
-    if isinstance(value, str):
-        return str.__str__(value)
     raise EventValueTypeError(
         f"{_where(name, index, key)} is a {type(value).__name__}; values must "
         f"be str, int or None")
+
+
+def _bad_format(format):
+    raise ConfigError(f"format must be one of {', '.join(map(repr, FORMATS))}, "
+                      f"not {format!r}")
 
 
 def _explain_unencodable(parts: list[str]):
@@ -218,20 +265,32 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def decode_event(body: bytes) -> tuple[str, list[tuple[str | None, str]]]:
+def decode_event(body: bytes, format: str | None = None
+                 ) -> tuple[str, list[tuple[str | None, str | int | None]]]:
     """Read a body written by :func:`encode_event`: ``(name, [(param, value)])``.
 
-    Values come back as text, unnamed ones with a None name. Raises
-    PayloadDecodeError with the byte offset and line of the first problem.
+    *format* is ``"lines"``, ``"json"`` or None to tell them apart: a body
+    that starts with ``{"`` is JSON, any other is lines (module docstring).
+    Unnamed values come with a None name. Line-format values come back as
+    text; JSON values as they were typed (str, int or None). Raises
+    PayloadDecodeError with the byte offset and line of the first problem,
+    and ConfigError for an unknown *format*.
     """
     if not isinstance(body, (bytes, bytearray, memoryview)):
         raise PayloadTypeError(
             f"an event body must be bytes, not {type(body).__name__}")
+    data = bytes(body)
+    if format is None:
+        format = "json" if data.startswith(b'{"') else "lines"
+    elif format not in FORMATS:
+        _bad_format(format)
     try:
-        text = bytes(body).decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise PayloadDecodeError(
             f"event body is not valid UTF-8 at byte {err.start}") from None
+    if format == "json":
+        return _decode_jsonrpc(text)
     end = text.find("\n")
     if end < 0:
         _fail(text, len(text), "the event name is not followed by a newline")
@@ -301,3 +360,8 @@ def _fail(text: str, pos: int, problem: str):
     offset = len(text[:pos].encode("utf-8"))
     line = text.count("\n", 0, pos) + 1
     raise PayloadDecodeError(f"event body, byte {offset} (line {line}): {problem}")
+
+
+# Last, because opsevent.jsonrpc builds on the helpers above.
+from .jsonrpc import decode_jsonrpc as _decode_jsonrpc  # noqa: E402
+from .jsonrpc import encode_jsonrpc as _encode_jsonrpc  # noqa: E402

@@ -1,6 +1,6 @@
-"""RabbitMQ subscriber sockets: parse, print and compare them.
+r"""RabbitMQ subscriber sockets: parse, print and compare them.
 
-Grammar (admin guide 1.3; the guide's unclosed ``[`` is closed here)::
+The guide's grammar (admin guide 1.3; its unclosed ``[`` is closed here)::
 
     socket      = "rabbitmq:" [ user [ ":" password ] "@" ] host [ ":" port ] "/"
                   [ exchange "?" ] routing-key
@@ -12,6 +12,32 @@ Examples (guide 1.4; both are the same subscriber)::
     rabbitmq:guest:guest@127.0.0.1:5672/pike
     rabbitmq:127.0.0.1/pike
 
+Extended grammar. Every socket of the guide's form parses as before; the
+extensions are OpenSIPS 3.2's parameter segment, a vhost, TLS, a body format
+per subscriber and failover hosts::
+
+    socket      = "rabbitmq:" [ user [ ":" password ] "@" ] endpoints "/"
+                  [ target "?" ] routing-key
+    endpoints   = endpoint *( "," endpoint )    ; first = primary, rest = failover
+    endpoint    = host [ ":" port ]
+    host        = name / "[" ipv6-address "]"
+    port        = 1*DIGIT                        ; 1..65535
+    target      = exchange / params              ; params if it has a raw "=" or ";"
+    params      = param *( ";" param )           ; empty params are skipped
+    param       = "exchange=" 1*CHAR             ; the exchange (default "")
+                / "vhost=" 1*CHAR                ; the vhost (default "/")
+                / "format=" ( "json" / "lines" ) ; the body format (default: the
+                                                 ;   EventInterface's ``format``)
+                / "tls"                          ; amqps; default port 5671
+                / "persistent"                   ; delivery_mode 2 (no value)
+
+Examples::
+
+    rabbitmq:mq/exchange=amq.topic;persistent?sip.message   (OpenSIPS 3.2 form)
+    rabbitmq:alice:s3cr3t@mq1,mq2:5673/tls;?events           (TLS, two hosts)
+    rabbitmq:mq/vhost=prod;format=json?pike                  (vhost, JSON bodies)
+    rabbitmq:mq/tls;?k                                       (a lone flag needs a ";")
+
 How the text is split, in this order. The rules let every field hold any
 character, once the awkward ones are %-encoded:
 
@@ -20,17 +46,40 @@ character, once the awkward ones are %-encoded:
 2. The authority is everything up to the first ``/``; the rest is the path.
 3. The userinfo is the authority up to its *last* ``@``. It splits into user
    and password at its *first* ``:``. A user without a password gets the
-   default password.
-4. Host and port split at the *last* ``:``. A host in brackets may itself
-   contain ``:`` (IPv6, ``[::1]:5672``).
-5. The path splits at its *first* ``?`` into exchange and routing key; with
-   no ``?`` the whole path is the routing key.
-6. Every field is then %-decoded strictly: ``%`` must be followed by two hex
-   digits, and the decoded bytes must be UTF-8. So a password may contain
-   ``@`` ``:`` ``/`` written as ``%40`` ``%3A`` ``%2F``.
+   default password. User and password apply to every host.
+4. The rest of the authority splits at every ``,`` into endpoints: the
+   first is the primary host, the others are the failover hosts, in order.
+   No endpoint may be empty, and no host:port may be listed twice.
+5. Each endpoint splits into host and port at its *last* ``:``. A host in
+   brackets may itself contain ``:`` (IPv6, ``[::1]:5672``). An endpoint
+   without a port gets the default port: 5671 with ``tls``, else 5672.
+6. The path splits at its *first* ``?`` into target and routing key; with
+   no ``?`` the whole path is the routing key (so an ``=`` or ``;`` in it is
+   plain text).
+7. A target holding a raw ``=`` or ``;`` is a parameter list (OpenSIPS 3.2):
+   it splits at every ``;``, each parameter at its *first* ``=`` into name
+   and value. Anything else is the exchange name, as in the guide. So a
+   lone flag is written with a ``;`` (``tls;``), and an exchange whose name
+   has ``=`` or ``;`` is written ``%3D`` ``%3B`` in the guide's form.
+   Refused: an unknown parameter (named in the error; OpenSIPS's
+   ``tls_domain=`` included: use ``tls``), one given twice, ``exchange=`` or
+   ``vhost=`` with an empty value, ``format=`` other than ``json`` or
+   ``lines``, and a value on a flag (``tls=1``) or none on the others.
+8. Every field, parameter names and values included, is then %-decoded
+   strictly: ``%`` must be followed by two hex digits, and the decoded bytes
+   must be UTF-8. So a password may contain ``@`` ``:`` ``/`` written as
+   ``%40`` ``%3A`` ``%2F``, a host ``,`` as ``%2C``, and a parameter value
+   ``;`` ``?`` as ``%3B`` ``%3F``.
 
-Defaults: user and password ``guest``, port 5672, exchange ``''``. The vhost
-is always ``/``, the only one the module supports (guide FAQ 2.3 and 2.4).
+Defaults: user and password ``guest``, port 5672 (5671 with ``tls``),
+exchange ``''``, vhost ``/`` (the only one the guide knows, FAQ 2.3 and 2.4),
+no TLS, not persistent, the interface's body format, no failover hosts.
+
+Where this differs from OpenSIPS 3.2: a target without ``=`` or ``;`` is an
+exchange name (3.2 reads it as parameters, which breaks the guide's
+``exchange?key``); ``tls`` stands for 3.2's ``tls_domain=DOMAIN`` (the
+worker's TLS settings are its own); ``vhost=``, ``format=`` and failover
+hosts are ours.
 """
 
 import re
@@ -38,13 +87,17 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote_to_bytes
 
 from .errors import SocketSyntaxError, SocketTypeError
+# The body formats a socket may ask for; None means the EventInterface's own.
+from .payload import FORMATS
 
 __all__ = [
     "DEFAULT_USER",
     "DEFAULT_PASSWORD",
     "DEFAULT_PORT",
+    "DEFAULT_TLS_PORT",
     "DEFAULT_EXCHANGE",
     "DEFAULT_VHOST",
+    "FORMATS",
     "RabbitMQSocket",
     "parse_socket",
     "redact",
@@ -53,27 +106,53 @@ __all__ = [
 DEFAULT_USER = "guest"
 DEFAULT_PASSWORD = "guest"
 DEFAULT_PORT = 5672
+DEFAULT_TLS_PORT = 5671
 DEFAULT_EXCHANGE = ""
 DEFAULT_VHOST = "/"
 
 PREFIX = "rabbitmq:"
 MASK = "***"
-# AMQP carries exchange names and routing keys as short strings.
+# AMQP carries exchange names, routing keys and vhosts as short strings.
 _MAX_SHORTSTR = 255
 # Long socket text is cut in messages so one bad input cannot flood a log.
 _MAX_QUOTED = 200
 
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
+# The parameters of the target segment, in the order str() writes them.
+_VALUED = ("exchange", "vhost", "format")
+_FLAGS = ("tls", "persistent")
+_PARAMS = ", ".join(sorted(_VALUED + _FLAGS))
+
 
 @dataclass(frozen=True, repr=False)
 class RabbitMQSocket:
-    """Where to publish one subscriber's events.
+    """Where to publish one subscriber's events, and how.
 
-    Two sockets that differ only in password are the same subscriber: they
-    compare equal and hash alike, so a later subscription can replace the
-    password of an earlier one. ``repr``, ``str`` and error messages show
-    the password as ``***``.
+    The first seven fields are the guide's (and ``vhost``); the others are
+    extensions with defaults, so ``RabbitMQSocket(*dataclasses.astuple(s))``
+    rebuilds any socket and a seven-field call still works:
+
+    tls (False)
+        Connect with TLS (amqps).
+    persistent (False)
+        Publish with delivery_mode 2 (OpenSIPS 3.2's ``persistent``).
+    format (None)
+        The body format, ``"lines"`` or ``"json"``; None means the
+        EventInterface's ``format`` setting.
+    failover (())
+        The ``(host, port)`` pairs to try after ``host``/``port``, in order.
+
+    Equality says whether two sockets are the same subscriber. They are when
+    they send to the same place: host, port, failover, vhost, user, tls,
+    exchange and routing key are equal. Password, persistent and format are
+    left out, as OpenSIPS leaves out the password, ``tls_domain`` and
+    ``persistent``: they say how to publish, not where, so subscribing again
+    with another password, ``persistent`` or ``format`` replaces them instead
+    of adding a second subscriber for the same queue. ``tls`` and the
+    failover hosts are compared because they change which broker gets the
+    messages. Equal sockets hash alike. ``repr``, ``str`` and error messages
+    show the password as ``***``.
     """
 
     user: str
@@ -83,57 +162,108 @@ class RabbitMQSocket:
     exchange: str
     routing_key: str
     vhost: str = DEFAULT_VHOST
+    tls: bool = False
+    persistent: bool = field(default=False, compare=False)
+    format: str | None = field(default=None, compare=False)
+    failover: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
+        failover = self.failover
+        if failover or type(failover) is not tuple:
+            # Lists (from JSON, say) are made tuples, so the socket hashes.
+            object.__setattr__(self, "failover", _as_failover(failover))
         _check_fields((self.user, self.password, self.host, self.port,
-                       self.exchange, self.routing_key, self.vhost),
+                       self.exchange, self.routing_key, self.vhost, self.tls,
+                       self.persistent, self.format, self.failover),
                       "RabbitMQSocket")
 
     @property
-    def broker(self) -> tuple[str, int, str, str, str]:
-        """``(host, port, user, password, vhost)``: one connection's identity.
+    def endpoints(self) -> tuple[tuple[str, int], ...]:
+        """Every ``(host, port)`` to try, the primary first, then ``failover``."""
+        return ((self.host, self.port),) + self.failover
 
-        Secret-bearing: it holds the password. Use it as a key, never log it;
-        log :attr:`broker_label` instead.
+    @property
+    def broker(self) -> tuple[str, int, str, str, str, bool,
+                              tuple[tuple[str, int], ...]]:
+        """``(host, port, user, password, vhost, tls, failover)``: one connection's identity.
+
+        Sockets with the same broker share one connection. Secret-bearing:
+        it holds the password. Use it as a key, never log it; log
+        :attr:`broker_label` instead.
         """
-        return (self.host, self.port, self.user, self.password, self.vhost)
+        return (self.host, self.port, self.user, self.password, self.vhost,
+                self.tls, self.failover)
 
     @property
     def broker_label(self) -> str:
-        """``user@host:port/vhost`` without the password, safe for logs.
+        """``[amqps://]user@host:port[,host:port...]/vhost``, no password: safe for logs.
 
-        The vhost is %-encoded as in an AMQP URI, so ``/`` shows as ``%2F``.
+        ``amqps://`` marks a TLS connection; a plain one has no scheme. The
+        failover hosts follow the primary, and the vhost is %-encoded as in
+        an AMQP URI, so ``/`` shows as ``%2F``:
+        ``amqps://guest@h1:5671,h2:5671/%2F``.
         """
-        return (
-            f"{_escape_user(self.user)}@{_format_host(self.host)}:{self.port}"
-            f"/{_escape_vhost(self.vhost)}"
-        )
+        scheme = "amqps://" if self.tls else ""
+        return (f"{scheme}{_escape_user(self.user)}@{self._endpoints_text()}"
+                f"/{_escape_vhost(self.vhost)}")
 
     def __str__(self) -> str:
-        """``rabbitmq:USER:***@HOST:PORT/[EXCHANGE?]ROUTING_KEY``.
+        """The socket as text, with the password ``***``; it parses back to an equal socket.
 
-        Fields are %-encoded where needed, so the text parses back to an
-        equal socket (with the password ``***``). The vhost has no place in
-        the grammar and is not shown.
+        A socket that uses no extension prints in the guide's form, every
+        part written out: ``rabbitmq:USER:***@HOST:PORT/[EXCHANGE?]ROUTING_KEY``.
+        Failover hosts follow the host (``HOST:PORT,HOST:PORT``); a vhost,
+        tls, persistent or format puts the target in the parameter form:
+        ``rabbitmq:USER:***@HOST:PORT/exchange=E;vhost=V;tls;persistent;format=F?KEY``
+        (only the parameters that differ from the defaults; a lone flag is
+        followed by ``;``). Fields are %-encoded where needed.
         """
-        exchange = f"{_escape_path(self.exchange)}?" if self.exchange else ""
-        return (
-            f"{PREFIX}{_escape_user(self.user)}:{MASK}@"
-            f"{_format_host(self.host)}:{self.port}/"
-            f"{exchange}{_escape_path(self.routing_key)}"
-        )
+        head = f"{PREFIX}{_escape_user(self.user)}:{MASK}@{self._endpoints_text()}/"
+        key = _escape_path(self.routing_key)
+        if (self.vhost == DEFAULT_VHOST and not self.tls and not self.persistent
+                and self.format is None):
+            if self.exchange:
+                return f"{head}{_escape_exchange(self.exchange)}?{key}"
+            return head + key
+        params = []
+        if self.exchange:
+            params.append(f"exchange={_escape_value(self.exchange)}")
+        if self.vhost != DEFAULT_VHOST:
+            params.append(f"vhost={_escape_value(self.vhost)}")
+        if self.tls:
+            params.append("tls")
+        if self.persistent:
+            params.append("persistent")
+        if self.format is not None:
+            params.append(f"format={self.format}")
+        target = ";".join(params)
+        if len(params) == 1 and "=" not in target:
+            target += ";"  # else a lone flag would read back as an exchange
+        return f"{head}{target}?{key}"
 
     def __repr__(self) -> str:
         return (
             f"RabbitMQSocket(user={self.user!r}, password={MASK!r}, "
             f"host={self.host!r}, port={self.port!r}, "
             f"exchange={self.exchange!r}, routing_key={self.routing_key!r}, "
-            f"vhost={self.vhost!r})"
+            f"vhost={self.vhost!r}, tls={self.tls!r}, "
+            f"persistent={self.persistent!r}, format={self.format!r}, "
+            f"failover={self.failover!r})"
         )
+
+    def _endpoints_text(self) -> str:
+        if not self.failover:
+            return f"{_format_host(self.host)}:{self.port}"
+        return ",".join(f"{_format_host(host)}:{port}"
+                        for host, port in self.endpoints)
 
 
 def parse_socket(text: str) -> RabbitMQSocket:
-    """Parse ``rabbitmq:[user[:password]@]host[:port]/[exchange?]routing_key``.
+    """Parse socket text: the guide's form or the extended one (module docstring).
+
+    ``rabbitmq:[user[:password]@]host[:port][,host[:port]...]/[target?]routing_key``
+    where *target* is an exchange name or ``;``-separated parameters
+    (``exchange=``, ``vhost=``, ``format=``, ``tls``, ``persistent``).
 
     Raises :class:`SocketSyntaxError` naming the part that is wrong (and
     :class:`SocketTypeError` when *text* is not a str).
@@ -155,12 +285,20 @@ def parse_socket(text: str) -> RabbitMQSocket:
     authority, slash, path = text[start:].partition("/")
     if not slash:
         _fail(text, "has no '/' between the host and the routing key")
-    userinfo, at, hostport = authority.rpartition("@")
+    userinfo, at, hosts = authority.rpartition("@")
     user, password = _parse_userinfo(text, userinfo, start) if at else (
         DEFAULT_USER, DEFAULT_PASSWORD)
-    host, port = _parse_hostport(text, hostport, start + len(userinfo) + len(at))
-    exchange, routing_key = _parse_path(text, path, start + len(authority) + 1)
-    fields = (user, password, host, port, exchange, routing_key, DEFAULT_VHOST)
+    endpoints = _parse_endpoints(text, hosts, start + len(userinfo) + len(at))
+    exchange, routing_key, params = _parse_path(
+        text, path, start + len(authority) + 1)
+    tls = "tls" in params
+    default_port = DEFAULT_TLS_PORT if tls else DEFAULT_PORT
+    endpoints = [(host, default_port if port is None else port)
+                 for host, port in endpoints]
+    (host, port), failover = endpoints[0], tuple(endpoints[1:])
+    fields = (user, password, host, port, exchange, routing_key,
+              params.get("vhost", DEFAULT_VHOST), tls, "persistent" in params,
+              params.get("format"), failover)
     # Checked here too so that a bad field is reported with the socket text.
     _check_fields(fields, _where(text))
     return RabbitMQSocket(*fields)
@@ -177,15 +315,27 @@ def _parse_userinfo(text: str, userinfo: str, pos: int) -> tuple[str, str]:
     return user, _unquote(text, raw_password, "password", pos + len(raw_user) + 1)
 
 
-def _parse_hostport(text: str, hostport: str, pos: int) -> tuple[str, int]:
+def _parse_endpoints(text: str, hosts: str, pos: int) -> list[tuple[str, int | None]]:
+    """The ``(host, port or None)`` of each ``,``-separated endpoint."""
+    if "," not in hosts:
+        return [_parse_hostport(text, hosts, pos, "host")]
+    endpoints = []
+    for number, hostport in enumerate(hosts.split(","), 1):
+        endpoints.append(_parse_hostport(text, hostport, pos, f"host {number}"))
+        pos += len(hostport) + 1
+    return endpoints
+
+
+def _parse_hostport(text: str, hostport: str, pos: int,
+                    what: str) -> tuple[str, int | None]:
     if hostport.startswith("["):
         end = hostport.find("]")
         if end < 0:
-            _fail(text, "host starts with '[' but has no closing ']'")
+            _fail(text, f"{what} starts with '[' but has no closing ']'")
         raw_host, after = hostport[1:end], hostport[end + 1:]
         if after and not after.startswith(":"):
             _fail(text, f"unexpected text{_echo(text, after)} after the "
-                        "bracketed host")
+                        f"bracketed {what}")
         raw_port = after[1:] if after else None
         host = _unquote(text, raw_host, "host", pos + 1)
     else:
@@ -194,9 +344,9 @@ def _parse_hostport(text: str, hostport: str, pos: int) -> tuple[str, int]:
             raw_host, raw_port = hostport, None
         host = _unquote(text, raw_host, "host", pos)
     if not host:
-        _fail(text, "host is empty")
+        _fail(text, f"{what} is empty")
     if raw_port is None:
-        return host, DEFAULT_PORT
+        return host, None
     port_pos = pos + len(hostport) - len(raw_port)
     return host, _parse_port(text, _unquote(text, raw_port, "port", port_pos))
 
@@ -204,7 +354,7 @@ def _parse_hostport(text: str, hostport: str, pos: int) -> tuple[str, int]:
 def _parse_port(text: str, port: str) -> int:
     if not port:
         _fail(text, "port is empty after ':' (leave out ':' for the default "
-                    f"{DEFAULT_PORT})")
+                    f"{DEFAULT_PORT}, or {DEFAULT_TLS_PORT} with tls)")
     # isdigit() alone accepts other scripts' digits, which int() would take.
     if not (port.isascii() and port.isdigit()):
         _fail(text, f"port{_echo(text, port)} is not a number")
@@ -214,16 +364,59 @@ def _parse_port(text: str, port: str) -> int:
     return int(port)
 
 
-def _parse_path(text: str, path: str, pos: int) -> tuple[str, str]:
-    raw_exchange, question, raw_key = path.partition("?")
+def _parse_path(text: str, path: str, pos: int) -> tuple[str, str, dict]:
+    """``(exchange, routing key, the other parameters by name)``."""
+    raw_target, question, raw_key = path.partition("?")
     if not question:
-        raw_exchange, raw_key = "", path
-    exchange = _unquote(text, raw_exchange, "exchange", pos)
-    key_pos = pos + len(raw_exchange) + len(question)
+        raw_target, raw_key = "", path
+    if "=" in raw_target or ";" in raw_target:
+        params = _parse_params(text, raw_target, pos)
+        exchange = params.pop("exchange", DEFAULT_EXCHANGE)
+    else:
+        params = {}
+        exchange = _unquote(text, raw_target, "exchange", pos)
+    key_pos = pos + len(raw_target) + len(question)
     routing_key = _unquote(text, raw_key, "routing key", key_pos)
     if not routing_key:
         _fail(text, "routing key is empty")
-    return exchange, routing_key
+    return exchange, routing_key, params
+
+
+def _parse_params(text: str, target: str, pos: int) -> dict:
+    """The ``;``-separated parameters of *target*: name -> value (True for flags)."""
+    params = {}
+    for raw in target.split(";"):
+        here, pos = pos, pos + len(raw) + 1
+        if not raw:
+            continue
+        raw_name, equals, raw_value = raw.partition("=")
+        name = _unquote(text, raw_name, "a parameter name", here)
+        if not name:
+            _fail(text, f"a parameter name is empty (before '=' at position "
+                        f"{here})")
+        if name not in _VALUED and name not in _FLAGS:
+            hint = "; for TLS write 'tls'" if name == "tls_domain" else ""
+            _fail(text, f"unknown parameter{_echo(text, name)} at position "
+                        f"{here}; the parameters are {_PARAMS}{hint}")
+        if name in params:
+            _fail(text, f"parameter {name!r} is given twice")
+        if name in _FLAGS:
+            if equals:
+                _fail(text, f"parameter {name!r} takes no value; write just "
+                            f"'{name}'")
+            params[name] = True
+            continue
+        if not equals:
+            _fail(text, f"parameter {name!r} needs a value: '{name}=...'")
+        value = _unquote(text, raw_value, name, here + len(raw_name) + 1)
+        if not value:
+            default = (f"; leave it out for the default exchange "
+                       f"{DEFAULT_EXCHANGE!r}" if name == "exchange" else "")
+            _fail(text, f"{name}= is empty{default}")
+        if name == "format" and value not in FORMATS:
+            _fail(text, f"format{_echo(text, value)} is not 'json' or 'lines'")
+        params[name] = value
+    return params
 
 
 def _unquote(text: str, raw: str, name: str, pos: int) -> str:
@@ -256,13 +449,31 @@ def _raw_offset(raw: str, byte_index: int) -> int:
     return index
 
 
+def _as_failover(failover) -> tuple:
+    """*failover* as a tuple of tuples, or raise naming what is wrong."""
+    if isinstance(failover, (str, bytes)) or not isinstance(
+            failover, (tuple, list)):
+        raise SocketTypeError(
+            f"RabbitMQSocket: failover must be a tuple of (host, port) pairs, "
+            f"not {type(failover).__name__}")
+    pairs = []
+    for number, pair in enumerate(failover, 2):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise SocketTypeError(
+                f"RabbitMQSocket: failover host {number} must be a (host, port) "
+                f"pair, not {type(pair).__name__} {pair!r}")
+        pairs.append(tuple(pair))
+    return tuple(pairs)
+
+
 def _check_fields(values: tuple, where: str) -> None:
     """Raise unless every field has the right type and range.
 
     Shared by the constructor (direct use, ``RabbitMQSocket(*astuple(s))``)
     and :func:`parse_socket`; *where* starts the error message.
     """
-    user, password, host, port, exchange, routing_key, vhost = values
+    (user, password, host, port, exchange, routing_key, vhost, tls,
+     persistent, format, failover) = values
     texts = (("user", user), ("password", password), ("host", host),
              ("exchange", exchange), ("routing key", routing_key),
              ("vhost", vhost))
@@ -273,6 +484,16 @@ def _check_fields(values: tuple, where: str) -> None:
     if type(port) is not int:  # bool is an int, but never a port
         raise SocketTypeError(
             f"{where}: port must be an int, not {type(port).__name__}")
+    for name, value in (("tls", tls), ("persistent", persistent)):
+        if type(value) is not bool:
+            raise SocketTypeError(
+                f"{where}: {name} must be a bool, not {type(value).__name__}")
+    if format is not None and format not in FORMATS:
+        if not isinstance(format, str):
+            raise SocketTypeError(f"{where}: format must be 'json', 'lines' "
+                                  f"or None, not {type(format).__name__}")
+        raise SocketSyntaxError(
+            f"{where}: format {format!r} is not 'json', 'lines' or None")
     for name, value in texts:
         if not value and name in ("user", "host", "routing key", "vhost"):
             raise SocketSyntaxError(f"{where}: {name} is empty")
@@ -281,12 +502,44 @@ def _check_fields(values: tuple, where: str) -> None:
         except UnicodeEncodeError:
             raise SocketSyntaxError(
                 f"{where}: {name} has a lone surrogate character") from None
-        if size > _MAX_SHORTSTR and name in ("exchange", "routing key"):
+        if size > _MAX_SHORTSTR and name in ("exchange", "routing key", "vhost"):
             raise SocketSyntaxError(
                 f"{where}: {name} is {size} bytes; AMQP allows at most "
                 f"{_MAX_SHORTSTR}")
     if not 1 <= port <= 65535:
         raise SocketSyntaxError(f"{where}: port {port} is not in 1..65535")
+    if failover:
+        _check_failover(failover, (host, port), where)
+
+
+def _check_failover(failover: tuple, primary: tuple[str, int], where: str) -> None:
+    seen = {primary}
+    for number, (host, port) in enumerate(failover, 2):
+        what = f"{where}: host {number}"
+        if not isinstance(host, str):
+            raise SocketTypeError(f"{what} must be a str, not {type(host).__name__}")
+        if type(port) is not int:
+            raise SocketTypeError(
+                f"{what}: port must be an int, not {type(port).__name__}")
+        if not host:
+            raise SocketSyntaxError(f"{what} is empty")
+        if not _encodable(host):
+            raise SocketSyntaxError(f"{what} has a lone surrogate character")
+        if not 1 <= port <= 65535:
+            raise SocketSyntaxError(f"{what}: port {port} is not in 1..65535")
+        if (host, port) in seen:
+            raise SocketSyntaxError(
+                f"{where}: {_format_host(host)}:{port} is listed twice; each "
+                f"host:port may appear once")
+        seen.add((host, port))
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _fail(text: str, problem: str):
@@ -341,10 +594,12 @@ def _escaper(specials: str):
 
 # Each field escapes '%' plus the characters that would end it early.
 _escape_user = _escaper("%:@/")
-_escape_host = _escaper("%:@/[]")
-_escape_bracketed_host = _escaper("%@/[]")
-_escape_path = _escaper("%?")
-_escape_vhost = _escaper("%/")
+_escape_host = _escaper("%:@/[],")
+_escape_bracketed_host = _escaper("%@/[],")
+_escape_path = _escaper("%?")                # the routing key
+_escape_exchange = _escaper("%?=;")          # else it would read as parameters
+_escape_value = _escaper("%?;")              # a parameter's value
+_escape_vhost = _escaper("%/")               # in broker_label, as in an AMQP URI
 
 
 def _format_host(host: str) -> str:

@@ -30,7 +30,8 @@ class Subscriptions:
     def add(self, event: str, socket: RabbitMQSocket) -> bool:
         """Subscribe *socket* to *event*; False if it already was.
 
-        An equal socket (one that differs at most in password) is replaced in
+        An equal socket (one that differs at most in password, persistent or
+        format) is replaced in
         place, so the later password wins and the order is kept.
         """
         check_event_name(event)

@@ -254,3 +254,117 @@ def test_the_repr_of_an_interface_shows_no_passwords():
     evi = interface("rabbitmq:u:s3cr3t@mq/k", transport=RecordingTransport())
     assert "s3cr3t" not in repr(evi)
     assert "RecordingTransport" in repr(evi)
+
+
+# --- body formats -----------------------------------------------------------
+
+SIP_JSON = b'{"jsonrpc":"2.0","method":"E_SIP_MESSAGE","params":{"user":"alice","msg":"hello, world"}}'
+SIP_PARAMS = {"user": "alice", "msg": "hello, world"}
+JSON_QUEUE = "rabbitmq:127.0.0.1/format=json?queue"
+LINES_PIKE = "rabbitmq:127.0.0.1/format=lines?pike"
+
+
+def test_the_format_setting_defaults_to_lines_and_is_validated():
+    assert Settings().format == "lines"
+    assert EventInterface(format="json").settings.format == "json"
+    for bad in ("xml", "JSON", None, 1):
+        with pytest.raises(ConfigError, match="format must be one of 'lines', 'json'"):
+            EventInterface(format=bad)
+
+
+def test_an_interface_in_json_format_sends_json_bodies():
+    transport = RecordingTransport()
+    evi = interface(PIKE, SIPMSG, transport=transport, format="json")
+    evi.raise_event("E_SIP_MESSAGE", SIP_PARAMS)
+    (sockets, body, _sync, _timeout), = transport.calls
+    assert body == SIP_JSON
+    assert len(sockets) == 2
+
+
+def test_a_sockets_format_overrides_the_interfaces():
+    transport = RecordingTransport()
+    evi = interface(JSON_QUEUE, transport=transport)
+    evi.raise_event("E_SIP_MESSAGE", SIP_PARAMS)
+    assert [call[1] for call in transport.calls] == [SIP_JSON]
+    transport = RecordingTransport()
+    evi = interface(LINES_PIKE, transport=transport, format="json")
+    evi.raise_event("E_SIP_MESSAGE", SIP_PARAMS)
+    assert [call[1] for call in transport.calls] == [SIP_BODY]
+
+
+def test_each_formats_body_is_built_and_submitted_once_in_subscriber_order():
+    transport = RecordingTransport()
+    evi = interface(PIKE, JSON_QUEUE, SIPMSG, "rabbitmq:mq/format=json?q4",
+                    transport=transport)
+    result = evi.raise_event("E_SIP_MESSAGE", iter(SIP_PARAMS.items()))  # read once
+    sockets = evi.subscribers("E_SIP_MESSAGE")
+    assert [(call[0], call[1]) for call in transport.calls] == [
+        ((sockets[0], sockets[2]), SIP_BODY),
+        ((sockets[1], sockets[3]), SIP_JSON),
+    ]
+    assert [d.socket for d in result.deliveries] == list(sockets)
+    assert result
+
+
+class AnsweringTransport:
+    """Answers each socket with the status named by its routing key."""
+
+    def __init__(self):
+        self.calls = []
+
+    def submit(self, sockets, body, sync, timeout):
+        self.calls.append((sockets, body, sync, timeout))
+        return [(Status(s.routing_key.replace("_", " ")), body.decode()[:1])
+                for s in sockets]
+
+
+def test_statuses_of_several_submits_go_back_to_their_subscribers():
+    transport = AnsweringTransport()
+    evi = interface("rabbitmq:mq/format=json?confirmed", "rabbitmq:mq/timeout",
+                    "rabbitmq:mq/format=json?nacked", "rabbitmq:mq/queued",
+                    transport=transport, sync_mode=True, sync_timeout=0.5)
+    result = evi.raise_event("E_SIP_MESSAGE")
+    assert [(d.status, d.reason) for d in result.deliveries] == [
+        (Status.CONFIRMED, "{"), (Status.TIMEOUT, "E"), (Status.NACKED, "{"),
+        (Status.QUEUED, "E")]
+    assert [call[2:] for call in transport.calls] == [(True, 0.5), (True, 0.5)]
+
+
+def test_a_body_too_large_in_one_format_fails_only_its_subscribers():
+    transport = RecordingTransport()
+    evi = interface(PIKE, JSON_QUEUE, transport=transport)
+    # A newline is one byte in a quoted line value, two in JSON.
+    result = evi.raise_event("E_SIP_MESSAGE", {"msg": "\n" * 10000})
+    assert [d.status for d in result.deliveries] == [Status.QUEUED, Status.TOO_LARGE]
+    assert "over the 16384-byte limit" in result.deliveries[1].reason
+    assert [call[0] for call in transport.calls] == [(parse_socket(PIKE),)]
+
+
+def test_without_a_transport_mixed_formats_are_not_running():
+    result = interface(PIKE, JSON_QUEUE).raise_event("E_SIP_MESSAGE")
+    assert [d.status for d in result.deliveries] == [Status.NOT_RUNNING] * 2
+
+
+def test_a_parameter_json_cannot_carry_raises_before_anything_is_sent():
+    transport = RecordingTransport()
+    evi = interface(PIKE, JSON_QUEUE, transport=transport)
+    with pytest.raises(EventSyntaxError, match="mixes named and unnamed"):
+        evi.raise_event("E_SIP_MESSAGE", [("user", "alice"), (None, "hi")])
+    with pytest.raises(EventValueTypeError, match="must be a mapping"):
+        evi.raise_event("E_SIP_MESSAGE", "user=alice")
+    assert transport.calls == []
+
+
+def test_a_wrong_number_of_statuses_is_an_error_with_mixed_formats_too():
+    evi = interface(PIKE, JSON_QUEUE, transport=RecordingTransport([]))
+    with pytest.raises(OpseventError, match="gave 0 statuses for 1 sockets"):
+        evi.raise_event("E_SIP_MESSAGE")
+
+
+def test_subscribing_again_with_another_format_replaces_the_subscriber():
+    evi = EventInterface()
+    assert evi.subscribe_event("E_X", "rabbitmq:mq/k") is True
+    assert evi.subscribe_event("E_X", "rabbitmq:mq/format=json;persistent?k") is False
+    (sock,) = evi.subscribers("E_X")
+    assert (sock.format, sock.persistent) == ("json", True)
+    assert evi.unsubscribe_event("E_X", "rabbitmq:mq/k") is True

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from opsevent import (
     MAX_BODY_SIZE,
+    ConfigError,
     EventSyntaxError,
     EventTooLargeError,
     EventValueTypeError,
@@ -282,3 +283,42 @@ def test_decode_either_raises_a_decode_error_or_gives_an_encodable_event(body):
         return
     # Whatever decodes can be sent again, and reads back the same.
     assert decode_event(encode_event(*decoded)) == decoded
+
+
+# --- formats --------------------------------------------------------------
+
+def test_the_line_format_is_the_default_and_can_be_named():
+    params = {"ip": "192.168.2.11"}
+    assert encode_event("E_PIKE_BLOCKED", params, "lines") == encode_event(
+        "E_PIKE_BLOCKED", params)
+    assert encode_event("E_PIKE_BLOCKED", params, format="json") == (
+        b'{"jsonrpc":"2.0","method":"E_PIKE_BLOCKED","params":{"ip":"192.168.2.11"}}')
+
+
+@pytest.mark.parametrize("body, expected", [
+    (b"E_X\nk::7\n", ("E_X", [("k", "7")])),                      # lines: text
+    (b'{"jsonrpc":"2.0","method":"E_X","params":{"k":7}}', ("E_X", [("k", 7)])),
+    (b"{E_X\nk::7\n", ("{E_X", [("k", "7")])),                    # '{' alone: lines
+    (b'{"jsonrpc":"2.0","method":"E_X","params":[null]}', ("E_X", [(None, None)])),
+])
+def test_decode_tells_the_formats_apart_by_a_leading_brace_and_quote(body, expected):
+    assert decode_event(body) == expected
+    format = "json" if body.startswith(b'{"') else "lines"
+    assert decode_event(body, format=format) == expected
+    assert decode_event(bytearray(body)) == expected
+
+
+@pytest.mark.parametrize("format", ["xml", "JSON", "", 1])
+def test_an_unknown_format_is_a_config_error(format):
+    with pytest.raises(ConfigError, match="format must be one of 'lines', 'json'"):
+        encode_event("E_X", {}, format)
+    with pytest.raises(ConfigError, match="format must be one of"):
+        decode_event(b"E_X\n", format=format)
+
+
+@settings(max_examples=300)
+@given(_event_names, _params)
+def test_a_line_body_is_never_taken_for_json(name, params):
+    body = encode_event(name, params)
+    assert not body.startswith(b'{"')
+    assert decode_event(body) == decode_event(body, format="lines")

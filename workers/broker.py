@@ -350,7 +350,8 @@ def _wait_state(pid: int, ok, timeout: float, what: str) -> None:
 
 
 def _enc(text: str) -> str:
-    return quote(text, safe="-._~!$&'()*+,;=#")
+    # ',' separates failover hosts and ';' '=' mark socket parameters: encode them.
+    return quote(text, safe="-._~!$&'()*+#")
 
 
 def _alive(pid: int) -> bool:
