@@ -77,3 +77,12 @@ def test_an_async_event_older_than_the_backlog_age_is_dropped_not_flushed_late(q
     finally:
         w.shutdown()
         jobs.close()
+
+
+@pytest.mark.parametrize("text", ["rabbitmq:127.0.0.1/tls;?q", "rabbitmq:127.0.0.1,127.0.0.2/q"])
+def test_a_socket_feature_the_worker_does_not_carry_out_yet_fails_with_a_clear_reason(worker, text):
+    box = ReplyBox()
+    worker.handle(sync_job(box, 3, [parse_socket(text)], b"E\n"))
+    ((status, reason),) = box.wait(3, time.monotonic() + 2)
+    assert status == "failed" and "not supported by this worker yet" in reason
+    assert not worker.links and worker.outstanding == 0
