@@ -55,6 +55,7 @@ from .payload import (
     _SPECIAL,
     _as_pair,
     _fail,
+    _int_text,
     _items,
     _value_type_error,
     _where,
@@ -141,7 +142,7 @@ def _json_number(name: str, index: int, key, value) -> str:
     """The JSON text of a value that is not a str or None (or raise)."""
     # int.__repr__ so subclasses (IntEnum...) give the plain number.
     if isinstance(value, int) and not isinstance(value, bool):
-        return int.__repr__(value)
+        return _int_text(name, index, key, value)
     if isinstance(value, str):
         return _quote(str.__str__(value))
     _value_type_error(name, index, key, value)

@@ -62,6 +62,7 @@ Writing rules. The encoder follows them and the decoder enforces them, so
 """
 
 import re
+import sys
 from collections.abc import Iterable, Mapping
 
 from .errors import (
@@ -215,10 +216,20 @@ def _value_text(name: str, index: int, key, value) -> str:
         return ""
     # int.__repr__ and str.__str__ so subclasses (IntEnum...) give plain text.
     if isinstance(value, int) and not isinstance(value, bool):
-        return int.__repr__(value)
+        return _int_text(name, index, key, value)
     if isinstance(value, str):
         return str.__str__(value)
     _value_type_error(name, index, key, value)
+
+
+def _int_text(name: str, index: int, key, value: int) -> str:
+    """The decimal text of an int; refused (not a bare ValueError) past Python's digit limit."""
+    try:
+        return int.__repr__(value)
+    except ValueError:  # over sys.get_int_max_str_digits() digits (Python >= 3.11)
+        raise EventSyntaxError(
+            f"{_where(name, index, key)} is an int of more than {sys.get_int_max_str_digits()} "
+            f"digits; send it as a str") from None
 
 
 def _value_type_error(name: str, index: int, key, value):

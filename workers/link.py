@@ -286,8 +286,8 @@ class BrokerLink:
                 return
 
     def _on_channel_closed(self, _unused_channel, error) -> None:
-        if self.state is not READY:
-            return
+        if self.state is not READY or not self._conn.is_open:
+            return  # the connection is going: _on_closed requeues what was in flight
         reason = f"{self.label}: channel closed by the broker: {_describe(error)}"
         log.warning("%s", reason)
         match = _NO_EXCHANGE.search(str(error))
