@@ -36,7 +36,18 @@ def install() -> bool:
 
 
 def uninstall() -> None:
-    multiprocessing_logging.uninstall_mp_handler(logging.getLogger())
+    """Put the original handlers back and end the receiving threads.
+
+    ``MultiProcessingHandler.close()`` would also close the application's own
+    handler, so only its thread is stopped here: it exits once ``_is_closed``
+    is set and its queue is empty (bounded wait).
+    """
+    root = logging.getLogger()
+    wrappers = [h for h in root.handlers if isinstance(h, multiprocessing_logging.MultiProcessingHandler)]
+    multiprocessing_logging.uninstall_mp_handler(root)
+    for wrapper in wrappers:
+        wrapper._is_closed = True
+        wrapper._receive_thread.join(5.0)
 
 
 def before_child_exit(parent_pid: int) -> None:
