@@ -274,6 +274,8 @@ def test_a_broker_restart_under_sustained_async_load_loses_no_event_and_duplicat
     assert set(received) == raised  # received = raised - drops, nothing foreign
     duplicates = len(bodies) - len(received)
     assert duplicates <= stats.get("republished", 0), (duplicates, stats)
+    print(f"\nFIGURE restart: raised {len(raised)}, received {len(bodies)} ({len(received)} distinct), "
+          f"duplicates {duplicates}, republished {stats.get('republished', 0)}, dropped {dropped}")
 
 
 def test_events_beyond_the_backlog_bounds_are_dropped_counted_and_logged_once_per_interval(
@@ -467,6 +469,9 @@ def test_a_silent_peer_fails_sync_raises_in_time_never_blocks_async_ones_and_pub
     bodies = drain_queue(b, queue_name)
     assert set(bodies) == raised
     assert len(bodies) - len(set(bodies)) <= stats.get("republished", 0)
+    print(f"\nFIGURE silent peer ({peer.__class__.__name__}): sync failed after {sync_result['elapsed']:.2f} s "
+          f"(timeout {sync_timeout} s), declared dead after {declared_dead_after:.1f} s (heartbeat {hb} s), "
+          f"async raise {clock.summary()}, {len(raised)} async events all delivered")
 
 
 # ---- 3. connection.blocked ----------------------------------------------------------------------------------
@@ -591,6 +596,7 @@ def test_a_killed_worker_is_replaced_within_a_second_and_no_caller_hangs(fault_b
         sup.stop()
 
     assert first_respawn <= 1.0 and second_respawn <= 1.0, (first_respawn, second_respawn)
+    print(f"\nFIGURE worker SIGKILL: replaced after {first_respawn:.2f} s and {second_respawn:.2f} s")
     assert sup.exit_codes == {1: 0, 2: 0, 3: 0}
     reports = [results.get(timeout=5) for _ in range(3)]
     failures = 0
