@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import statistics
 import sys
 import uuid
 
+import workers
 from workers import sipdemo
 from workers.broker import PrivateBroker, delete_queue
 
@@ -53,6 +56,8 @@ def _figures(r: sipdemo.DemoResult) -> dict:
         "p99_ms": sp.percentile(99),
         "max_ms": max(sp.rtt_ms) if sp.rtt_ms else None,
         "server": r.server,
+        "cores": r.machine.get("cores"),
+        "others_cores": r.machine.get("others_cores"),
         "cpu_us_per_event": {kind: round(seconds / r.events * 1e6, 1) if r.events else None
                              for kind, seconds in r.cpu.items()},
     }
@@ -91,7 +96,8 @@ def _line(name: str, f: dict) -> str:
         text += (f"; duplicates {f['duplicate_events']}, 200 without event {f['answered_200_without_event']}, "
                  f"503 with event {f['shed_503_with_event']}, exact {f['ok']}")
     cpu = ", ".join(f"{k} {v}" for k, v in f["cpu_us_per_event"].items())
-    return text + f"\n    CPU us/event: {cpu}"
+    return text + (f"\n    CPU us/event: {cpu}; other processes on the machine used "
+                   f"{f['others_cores']:.2f} of {f['cores']} cores meanwhile")
 
 
 def main(argv=None) -> int:
@@ -101,30 +107,38 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=32)
     parser.add_argument("--runs", type=int, default=3, help="runs of the -l scenario (default 3)")
     parser.add_argument("--overload", type=float, default=2.0,
-                        help="overload rate as a multiple of the best events/s (0: skip; default 2)")
+                        help="overload rate as a multiple of the median -l events/s (0: skip; default 2)")
+    parser.add_argument("--overload-rate", type=int, help="overload at this rate instead (MESSAGE/s)")
     parser.add_argument("--json", help="write every figure to this file")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format=workers.logs.FORMAT)
     results = {"limit_runs": [], "overload": None}
     with PrivateBroker() as broker:
         for i in range(args.runs):
             f = run(broker, rate=None, limit=args.limit, duration=args.duration, processes=args.processes)
             results["limit_runs"].append(f)
             print(_line(f"-l {args.limit} run {i + 1}", f), flush=True)
-        best = max(f["events_per_s"] for f in results["limit_runs"]) if results["limit_runs"] else 0
-        if args.overload and best:
-            rate = int(best * args.overload)
+        runs = results["limit_runs"]
+        sustained = statistics.median(f["events_per_s"] for f in runs) if runs else 0
+        results["sustained_events_per_s"] = sustained
+        if args.overload_rate or (args.overload and sustained):
+            rate = args.overload_rate or int(sustained * args.overload)
             f = overload(broker, rate, duration=args.duration, processes=args.processes)
             results["overload"] = f
-            print(_line(f"overload {rate:,}/s ({args.overload:g}x)", f), flush=True)
+            print(_line(f"overload {rate:,}/s ({rate / sustained if sustained else 0:.2f}x the median "
+                        f"{sustained:,.0f} events/s)", f), flush=True)
     if args.json:
         with open(args.json, "w") as out:
             json.dump(results, out, indent=2)
-    ok = all(f["events_per_s"] >= TARGET_EVENTS_PER_S and (f["p99_ms"] or 0) <= TARGET_P99_MS
-             for f in results["limit_runs"][:1] or [{}] if f)
+    met = [f["events_per_s"] >= TARGET_EVENTS_PER_S and (f["p99_ms"] or 0) <= TARGET_P99_MS
+           for f in results["limit_runs"]]
+    print(f"-l {args.limit}: {sum(met)} of {len(met)} runs at >= {TARGET_EVENTS_PER_S:,} events/s with "
+          f"p99 <= {TARGET_P99_MS} ms (peer: Kamailio 5.6, 3,100-3,500 events/s)")
     if results["overload"] is not None:
-        ok = ok and results["overload"]["duplicate_events"] == 0 and results["overload"]["ok"]
-    print(f"targets (>= {TARGET_EVENTS_PER_S:,} events/s with p99 <= {TARGET_P99_MS} ms; "
-          f"no duplicates at overload): {'met' if ok else 'NOT met'}")
+        f = results["overload"]
+        print(f"overload: {f['duplicate_events']} duplicate events, "
+              f"{f['answered_200_without_event']} answered without event, "
+              f"{f['shed_503_with_event']} shed with event: {'exact' if f['ok'] else 'NOT exact'}")
     return 0
 
 

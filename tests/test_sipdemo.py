@@ -16,11 +16,14 @@ import pytest
 from workers import sipdemo
 from workers.broker import consume, delete_queue, queue_count
 
-pytestmark = [
-    pytest.mark.broker,
-    pytest.mark.skipif(not os.access(sipdemo.SIPP, os.X_OK),
-                       reason="sipp not installed (Debian's sip-tester)"),
-]
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture(autouse=True)
+def sipp_installed():
+    # Like the broker, sipp is a requirement: missing, the test fails and says so.
+    assert os.access(sipdemo.SIPP, os.X_OK), \
+        f"{sipdemo.SIPP} not found: install Debian's sip-tester (apt-get install sip-tester)"
 
 
 def status(reply: bytes) -> int:
@@ -37,16 +40,20 @@ def test_every_answered_message_has_exactly_one_byte_exact_event(broker, queue_n
     sp = r.sipp
     assert sp.returncode == 0 and not sp.killed, sp.stats
     assert sp.created == rate * duration
-    # At this rate nothing is shed or lost: sipp saw a 200 for every request.
-    assert sp.ok == set(range(1, sp.created + 1))
+    # Every request was answered: 200, or 503 if a front-end was kept off the
+    # CPU for longer than shed_age (a busy machine) and the server shed it.
+    assert set(sp.answered) == set(range(1, sp.created + 1))
+    assert len(sp.ok) >= 0.9 * sp.created and set(sp.answered.values()) <= {200, 503}
     assert len(sp.rtt_ms) == sp.created
-    # Events: exactly one per answered MESSAGE, each the exact body for its call number.
-    assert r.bodies is not None and len(r.bodies) == r.events == sp.created
-    expected = {sipdemo.expected_event(n) for n in sp.ok}
-    assert len(set(r.bodies)) == len(r.bodies)           # no duplicates
-    assert set(r.bodies) == expected                     # byte-exact, and none without its MESSAGE
+    # Events: exactly one per MESSAGE answered 200, byte-exact; none for a 503;
+    # none without its MESSAGE.
+    assert r.bodies is not None and len(r.bodies) == r.events == len(sp.ok)
+    assert len(set(r.bodies)) == len(r.bodies)                        # no duplicates
+    assert set(r.bodies) == {sipdemo.expected_event(n) for n in sp.ok}  # byte-exact, no strays
     assert r.checks["ok"], r.checks
-    assert r.server["events"] == r.events and r.server["malformed"] == 0
+    assert r.checks["duplicate_events"] == r.checks["answered_200_without_event"] == 0
+    assert r.checks["shed_503_with_event"] == r.checks["events_for_calls_never_sent"] == 0
+    assert r.server["events"] == r.events and r.server["malformed"] == r.server["errors"] == 0
     assert r.sample == sipdemo.expected_event(int(r.sample.split(b"message ")[1].split(b" ")[0]))
     # The summary prints.
     text = sipdemo.summary(r)
@@ -55,7 +62,9 @@ def test_every_answered_message_has_exactly_one_byte_exact_event(broker, queue_n
 
 @pytest.mark.timeout(60)
 def test_a_retransmitted_message_makes_one_event_and_the_same_reply(broker, clean_queue):
-    with sipdemo.running_server(broker.socket(clean_queue), processes=4) as (server, sup):
+    # shed_age 1 s: on a busy machine a front-end may be off the CPU for a while; this
+    # test is about retransmissions, not shedding.
+    with sipdemo.running_server(broker.socket(clean_queue), processes=4, shed_age=1.0) as (server, sup):
         port = server.port
         data = sipdemo.request("MESSAGE", port, body=b"once, only once")
         # A retransmission, as a UAC sends it: the same datagram again, after the answer.

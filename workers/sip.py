@@ -89,14 +89,14 @@ class NotARequest(SipParseError):
     """The datagram is a SIP response (a status line), not a request."""
 
 
-# RFC 3261 compact header forms, and the headers a reply needs.
-COMPACT = {
-    b"v": b"via", b"f": b"from", b"t": b"to", b"i": b"call-id",
-    b"l": b"content-length", b"m": b"contact", b"c": b"content-type",
-    b"e": b"content-encoding", b"s": b"subject", b"k": b"supported",
-}
-_SINGLE = (b"from", b"to", b"call-id", b"cseq", b"content-length")
+_TOKEN_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.!%*_+`'~-"
 _TOKEN = re.compile(rb"[A-Za-z0-9.!%*_+`'~-]+\Z")
+# The headers a reply needs, by full and RFC 3261 compact name (lower case) ->
+# their place in parse_request's list; every other header is skipped.
+_WANTED = {b"via": 0, b"v": 0, b"from": 1, b"f": 1, b"to": 2, b"t": 2, b"call-id": 3, b"i": 3,
+           b"cseq": 4, b"content-length": 5, b"l": 5}
+_NAMES = ("Via", "From", "To", "Call-ID", "CSeq", "Content-Length")
+_SKIP: list = []
 _DIGITS = re.compile(rb"[0-9]{1,10}\Z")
 
 
@@ -142,36 +142,38 @@ def parse_request(data: bytes) -> Request:
     if version.upper() != b"SIP/2.0" or not _TOKEN.match(method) or not uri:
         raise SipParseError("bad request line")
 
-    headers: dict[bytes, list] = {}
-    last = None
+    # One pass over the header lines; only the headers a reply needs are kept.
+    found: list = [None] * 6  # via, from, to, call-id, cseq, content-length: lists of values
+    current = None  # the value list a folded line continues (_SKIP: a header we ignore)
     for line in lines[1:]:
-        if line[:1] in (b" ", b"\t"):  # a folded line continues the previous header
-            if last is None:
+        first = line[:1]
+        if first == b" " or first == b"\t":  # a folded line continues the previous header
+            if current is None:
                 raise SipParseError("continuation line before the first header")
-            last[-1] = last[-1] + b" " + line.strip()
+            if current is not _SKIP:
+                current[-1] = current[-1] + b" " + line.strip()
             continue
-        name, colon, value = line.partition(b":")
-        name = name.strip().lower()
-        if not colon or not _TOKEN.match(name):
+        colon = line.find(b":")
+        name = line[:colon].strip().lower()
+        if colon < 0 or not name or name.translate(None, _TOKEN_CHARS):
             raise SipParseError("bad header line")
-        name = COMPACT.get(name, name)
-        last = headers.get(name)
-        if last is None:
-            last = headers[name] = []
-        last.append(value.strip())
+        slot = _WANTED.get(name)
+        if slot is None:
+            current = _SKIP
+            continue
+        current = found[slot]
+        if current is None:
+            current = found[slot] = []
+        current.append(line[colon + 1:].strip())
 
-    for name in _SINGLE:
-        values = headers.get(name)
-        if values is not None and len(values) > 1:
-            raise SipParseError(f"more than one {name.decode()} header")
-    try:
-        vias = headers[b"via"]
-        from_ = headers[b"from"][0]
-        to = headers[b"to"][0]
-        call_id = headers[b"call-id"][0]
-        cseq = headers[b"cseq"][0]
-    except KeyError as exc:
-        raise SipParseError(f"no {exc.args[0].decode()} header") from None
+    vias, froms, tos, call_ids, cseqs, lengths = found
+    for name, values in zip(_NAMES, found):
+        if values is None:
+            if name != "Content-Length":
+                raise SipParseError(f"no {name} header")
+        elif len(values) > 1 and name != "Via":
+            raise SipParseError(f"more than one {name} header")
+    from_, to, call_id, cseq = froms[0], tos[0], call_ids[0], cseqs[0]
     if not call_id or not from_ or not to or not all(vias):
         raise SipParseError("empty Via, From, To or Call-ID")
 
@@ -179,7 +181,7 @@ def parse_request(data: bytes) -> Request:
     if not _DIGITS.match(number) or int(number) >= 1 << 31 or cseq_method.strip() != method:
         raise SipParseError("bad CSeq")
 
-    length = headers.get(b"content-length")
+    length = lengths
     if length is None:
         body = data[body_at:]  # UDP: the body is the rest of the datagram (RFC 3261 18.3)
     else:
@@ -391,7 +393,9 @@ COUNTERS = (
     "send_errors",
     "errors",            # a bug: handling raised; logged, counted, and the front-end goes on
 )
-_INDEX = {name: i for i, name in enumerate(COUNTERS)}
+(_RECEIVED, _MALFORMED, _RESPONSES, _MESSAGES, _EVENTS, _REPLIED_200, _REPLIED_484, _REPLIED_405,
+ _REPLIED_OTHER, _OPTIONS, _ACKS, _RETRANS_ANSWERED, _RETRANS_ABSORBED, _SHED_AGE, _SHED_QUEUE,
+ _TABLE_FULL, _SEND_ERRORS, _ERRORS) = range(len(COUNTERS))
 # Sojourn time of answered datagrams, from the kernel's receive timestamp to
 # the reply's sendto: bucket i holds times below 0.25 ms * 2**i (the last, the rest).
 SOJOURN_BUCKETS = 14
@@ -450,26 +454,26 @@ class SipServer:
     def handle(self, evi, data: bytes, age: float = 0.0) -> bytes | None:
         """Process one datagram that waited *age* seconds; return the reply, if any."""
         c = self.counts
-        c[0] += 1  # received
+        c[_RECEIVED] += 1
         try:
             req = parse_request(data)
         except NotARequest:
-            c[2] += 1
+            c[_RESPONSES] += 1
             return None
         except SipParseError:
-            c[1] += 1
+            c[_MALFORMED] += 1
             return None
         method = req.method
         if method == b"MESSAGE":
             return self._message(evi, req, age)
         key = transaction_key(req)
         if method == b"OPTIONS":
-            c[9] += 1
+            c[_OPTIONS] += 1
             return build_reply(req, 200, to_tag(key), ALLOW)
         if method == b"ACK":
-            c[10] += 1
+            c[_ACKS] += 1
             return None
-        c[7] += 1
+        c[_REPLIED_405] += 1
         return build_reply(req, 405, to_tag(key), ALLOW)
 
     def _message(self, evi, req: Request, age: float) -> bytes | None:
@@ -479,26 +483,26 @@ class SipServer:
         try:
             user = ruri_user(req.uri)
         except SipParseError:
-            c[8] += 1
+            c[_REPLIED_OTHER] += 1
             return build_reply(req, 416, tag)
         if user is None:
-            c[6] += 1
+            c[_REPLIED_484] += 1
             return build_reply(req, 484, tag)
         shed = age > self.shed_age
         state, code = self.table.begin(key, 503 if shed else 0)
         if state is not NEW:
             if state is ANSWERED:
-                c[11] += 1
+                c[_RETRANS_ANSWERED] += 1
                 return self._reply(req, code, tag)
             if state is PENDING:
-                c[12] += 1
+                c[_RETRANS_ABSORBED] += 1
             else:  # FULL or BUSY: cannot promise exactly-once, so neither process nor answer
-                c[15] += 1
+                c[_TABLE_FULL] += 1
             return None
         if shed:
-            c[13] += 1
+            c[_SHED_AGE] += 1
             return self._reply(req, 503, tag)
-        c[3] += 1
+        c[_MESSAGES] += 1
         try:
             code = self._raise(evi, user, req.body)
         except Exception:
@@ -514,21 +518,21 @@ class SipServer:
             return 400
         result = evi.raise_event(EVENT, params)
         if result:
-            self.counts[4] += 1
+            self.counts[_EVENTS] += 1
             return 200
         if any(d.status.value == "too large" for d in result.failures):
             return 513
-        self.counts[14] += 1
+        self.counts[_SHED_QUEUE] += 1
         return 503
 
     def _reply(self, req: Request, code: int, tag: bytes) -> bytes:
         c = self.counts
         if code == 200:
-            c[5] += 1
+            c[_REPLIED_200] += 1
             return build_reply(req, 200, tag)
         if code == 503:
             return build_reply(req, 503, tag, self.retry_after)
-        c[8] += 1
+        c[_REPLIED_OTHER] += 1
         return build_reply(req, code, tag)
 
     # -- the front-end --------------------------------------------------------
@@ -559,19 +563,19 @@ class SipServer:
                 try:
                     reply = handle(evi, data, age)
                 except Exception:
-                    self.counts[17] += 1
-                    if self.counts[17] <= 3:
+                    self.counts[_ERRORS] += 1
+                    if self.counts[_ERRORS] <= 3:
                         log.exception("front-end %d: handling a datagram failed", rank)
                     continue
                 if reply is not None:
                     try:
                         sendto(reply, addr)
                     except OSError:
-                        counts[16] += 1
+                        counts[_SEND_ERRORS] += 1
                     if arrived is not None:
                         bucket = first_bucket + int((clock() - arrived) * 4000).bit_length()
                         counts[bucket if bucket < last_bucket else last_bucket] += 1
-                if counts[0] & 1023 == 0:
+                if counts[_RECEIVED] & 1023 == 0:
                     now = time.monotonic()
                     if now - last_flush > 0.25:
                         self.flush_counters()

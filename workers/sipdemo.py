@@ -318,10 +318,14 @@ def run(broker, *, rate: int | None, duration: float = 10.0, processes: int = 4,
     """Run the server, drive it with sipp, and collect what happened.
 
     *rate* None: as fast as *limit* outstanding requests allow (sipp's
-    ``-l``). sipp sends ``rate * duration`` MESSAGEs (or, without a rate,
-    as many as it can for *duration* seconds) and is stopped gracefully
-    (SIGUSR1: no new calls, finish the open ones) at ``duration + 2`` s, and
-    killed at ``duration + 20`` s.
+    ``-l``), for *duration* seconds, then sipp is stopped gracefully
+    (SIGUSR1: no new calls, finish the open ones). With a rate, sipp sends
+    ``rate * duration`` MESSAGEs (``-m``) and ends by itself; SIGUSR1 at
+    ``duration + 2`` s if it has not. Either way it is killed at ``duration +
+    45`` s (an unanswered request is retransmitted for ~24 s before sipp
+    gives up on it). Then the queue is watched until it holds every event
+    the front-ends raised (at most *settle_timeout* s), and consumed if
+    *consume_events*. *server_options* go to ``SipServer`` (``shed_age``...).
     """
     if rate is None and not limit:
         raise ValueError("without a rate, a limit (sipp -l) is needed")
