@@ -8,7 +8,8 @@ import threading
 import time
 
 from opsevent import Status, parse_socket
-from workers.channel import JobQueue, Replier, ReplyBox
+from workers.channel import JobSender, Replier, ReplyBox
+from workers.jobqueue import JobQueue
 
 FORK = multiprocessing.get_context("fork")
 SOCKET = parse_socket("rabbitmq:127.0.0.1/q")
@@ -46,7 +47,7 @@ def test_threads_waiting_on_one_reply_box_each_get_their_own_reply():
 
 def test_a_raise_on_a_full_queue_fails_at_once_in_both_modes():
     jobs = JobQueue(FORK, maxsize=2)
-    sender = jobs.sender()
+    sender = JobSender(jobs)
     assert sender.submit((SOCKET,), b"E\n", False, 1.0) == ((Status.QUEUED, ""),)
     assert sender.submit((SOCKET,), b"E\n", False, 1.0) == ((Status.QUEUED, ""),)
     for sync in (False, True):
@@ -62,7 +63,7 @@ def test_the_worker_end_reads_every_job_from_several_processes_and_frees_their_s
     jobs = JobQueue(FORK, maxsize=50)
 
     def produce(rank):
-        sender = jobs.sender()
+        sender = JobSender(jobs)
         for i in range(40):
             while sender.submit((SOCKET,), b"%d-%d" % (rank, i), False, 1.0)[0][0] is not Status.QUEUED:
                 time.sleep(0.001)  # full: the reader frees slots as it reads
@@ -86,7 +87,7 @@ def test_the_worker_end_reads_every_job_from_several_processes_and_frees_their_s
 
 def test_a_forked_child_makes_its_own_reply_box_instead_of_reading_the_parents():
     jobs = JobQueue(FORK, maxsize=10)
-    sender = jobs.sender()
+    sender = JobSender(jobs)
     parent_box = sender._reply_box()
     r, w = os.pipe()
     pid = os.fork()
@@ -97,4 +98,31 @@ def test_a_forked_child_makes_its_own_reply_box_instead_of_reading_the_parents()
     os.waitpid(pid, 0)
     child_address = os.read(r, 200)
     assert child_address not in (b"same", parent_box.address)
+    jobs.close()
+
+
+def test_a_burst_beyond_the_pipe_overflows_into_the_buffer_and_arrives_in_order():
+    jobs = JobQueue(FORK, maxsize=10**6)
+    sender = JobSender(jobs)
+    n = jobs.capacity // 1000 * 2  # twice what the pipe holds
+    bodies = [b"%06d" % i + b"x" * 1000 for i in range(n)]
+    for body in bodies:
+        assert sender.submit((SOCKET,), body, False, 1.0)[0][0] is Status.QUEUED
+    assert jobs.unsent() > 0  # the rest waits in this process's buffer
+    jobs.attach_reader()
+    got, deadline = [], time.monotonic() + 20
+    while len(got) < n and time.monotonic() < deadline:
+        got += [job[3] for job in jobs.receive(1000)]
+    assert got == bodies and jobs.flush(1.0) == 0
+    jobs.close()
+
+
+def test_a_big_job_crosses_the_pipe_in_several_frames_and_comes_back_whole():
+    jobs = JobQueue(FORK, maxsize=10)
+    sender = JobSender(jobs)
+    body = bytes(range(256)) * 70  # 17,920 bytes: five frames
+    assert sender.submit((SOCKET,), body, False, 1.0)[0][0] is Status.QUEUED
+    jobs.attach_reader()
+    (job,) = jobs.receive(10)
+    assert job[3] == body
     jobs.close()

@@ -11,7 +11,8 @@ import pytest
 import opsevent
 from opsevent import Status, encode_event, parse_socket
 from workers.broker import consume, declare_queue, free_port
-from workers.channel import JobQueue, ReplyBox
+from workers.channel import ReplyBox
+from workers.jobqueue import JobQueue
 from workers.rabbitmq import RabbitMQWorker
 
 pytestmark = pytest.mark.broker

@@ -2,11 +2,11 @@
 
 Theory of operation (OpenSIPS ``rabbitmq_send.c`` + ``ipc.c`` sync replies):
 
-* One shared ``multiprocessing.Queue`` carries jobs from every front-end to the
-  one RabbitMQ worker.  It is created pre-fork by whoever owns the worker
-  (a ``Supervisor`` or ``workers.serve``) and inherited by the children.
-  Its ``maxsize`` bounds the jobs in transit; an async raise that finds it full
-  fails at once with ``queue full`` instead of blocking the caller.
+* One shared ``JobQueue`` (``workers/jobqueue.py``) carries jobs from every
+  front-end to the one RabbitMQ worker.  It is created pre-fork by whoever
+  owns the worker (a ``Supervisor`` or ``workers.serve``) and inherited by the
+  children.  It is bounded; a raise that finds it full fails at once with
+  ``queue full`` instead of blocking the caller.
 * A job is plain data, built by the front-end::
 
       (seq, reply_addr, sockets, body, raised_at)
@@ -31,10 +31,7 @@ import itertools
 import logging
 import os
 import pickle
-import queue
-import select
 import socket
-import struct
 import threading
 import time
 from dataclasses import astuple
@@ -43,87 +40,9 @@ from opsevent import Status
 
 log = logging.getLogger(__name__)
 
-_LENGTH = struct.Struct("!i")  # multiprocessing.Connection's message header
-
-
-def _read_exactly(fd: int, data: bytes, size: int) -> bytes:
-    # The writer is in the middle of this very message: the rest is at most
-    # a scheduler tick away, so wait for it rather than tear the stream.
-    while len(data) < size:
-        try:
-            chunk = os.read(fd, size - len(data))
-        except BlockingIOError:
-            select.select([fd], [], [], 1.0)
-            continue
-        if not chunk:
-            raise EOFError("the job queue's pipe was closed in the middle of a job")
-        data += chunk
-    return data
-
 # A reply is at most (seq, a few statuses with reasons); 64 KiB is far above
 # anything the worker sends and is the datagram size we read with.
 _MAX_REPLY = 65536
-
-
-class JobQueue:
-    """The shared job queue: created pre-fork, used by both sides after it."""
-
-    def __init__(self, ctx, maxsize: int):
-        # Called pre-fork: only creates the queue (its pipe and locks).
-        self.maxsize = maxsize
-        self.queue = ctx.Queue(maxsize)
-
-    # ---- the worker's end: exactly one process reads at a time -------------
-
-    def fileno(self) -> int:
-        return self.queue._reader.fileno()
-
-    def attach_reader(self) -> None:
-        """Post-fork, in the worker: make the pipe's read end non-blocking.
-
-        The worker reads the pipe itself instead of calling ``Queue.get``:
-        ``get`` takes a cross-process lock that a killed worker would hold
-        forever, leaving its successor unable to read, and it polls before
-        every job.  There is one reader, so the lock protects nothing here.
-        Only readers use this end, so O_NONBLOCK (shared by every process
-        holding it) changes nothing for the front-ends.
-        """
-        os.set_blocking(self.fileno(), False)
-
-    def receive(self, limit: int) -> list:
-        """Up to ``limit`` jobs that are already in the pipe; never waits for one.
-
-        The pipe carries ``multiprocessing.Connection`` messages: a 4-byte
-        big-endian length, then a pickle; the queue's writer lock keeps each
-        message contiguous.  Each message is read whole, header then body, and
-        never more: a worker killed between two reads leaves the pipe at a
-        message boundary for its successor (reading in big chunks would
-        almost always leave a torn message behind).
-        """
-        fd, jobs = self.fileno(), []
-        release = self.queue._sem.release
-        while len(jobs) < limit:
-            try:
-                header = os.read(fd, 4)
-            except BlockingIOError:
-                break
-            size = _LENGTH.unpack(_read_exactly(fd, header, 4))[0]
-            jobs.append(pickle.loads(_read_exactly(fd, b"", size)))
-            release()  # one more slot for the front-ends
-        return jobs
-
-    def pending_bytes(self) -> bool:
-        """True while jobs are still in the pipe."""
-        return self.queue._reader.poll()
-
-    def sender(self) -> "JobSender":
-        return JobSender(self.queue, self.maxsize)
-
-    def close(self) -> None:
-        # Called once the worker is gone: nobody reads the pipe any more, so
-        # waiting for this process's feeder thread to flush could hang.
-        self.queue.cancel_join_thread()
-        self.queue.close()
 
 
 class ReplyBox:
@@ -194,9 +113,8 @@ class JobSender:
     reply pipe is (re)made in whichever process first waits for a reply.
     """
 
-    def __init__(self, job_queue, maxsize: int):
+    def __init__(self, job_queue):
         self._queue = job_queue
-        self._maxsize = maxsize
         self._seq = itertools.count(1)
         self._box: ReplyBox | None = None
         self._box_lock = threading.Lock()
@@ -206,11 +124,9 @@ class JobSender:
     def submit(self, sockets, body, sync, timeout):
         wire = self._wire_sockets(sockets)
         if not sync:
-            try:
-                self._queue.put_nowait((0, None, wire, body, time.monotonic()))
-            except queue.Full:
-                return self._refused(len(sockets))
-            return _queued(len(sockets))
+            if self._queue.put((0, None, wire, body, time.monotonic())):
+                return _queued(len(sockets))
+            return self._refused(len(sockets))
         return self._submit_sync(wire, body, timeout)
 
     def _submit_sync(self, wire, body, timeout):
@@ -218,9 +134,7 @@ class JobSender:
         seq = next(self._seq)
         now = time.monotonic()
         box.expect(seq)
-        try:
-            self._queue.put_nowait((seq, box.address, wire, body, now))
-        except queue.Full:
+        if not self._queue.put((seq, box.address, wire, body, now)):
             box.wait(seq, now)  # forget the seq
             return self._refused(len(wire))
         statuses = box.wait(seq, now + timeout)
@@ -230,30 +144,14 @@ class JobSender:
         return tuple((Status(code), reason) for code, reason in statuses)
 
     def flush(self, timeout: float) -> int:
-        """Wait until this process's jobs are in the pipe; return how many are not.
-
-        Called as a front-end exits.  ``multiprocessing.Queue`` would otherwise
-        wait without bound for its feeder thread at exit, and hang for ever
-        if the worker is already gone and the pipe full.  It waits as long as
-        the worker keeps taking jobs, and gives up after ``timeout`` seconds
-        without progress.
-        """
-        buffer = self._queue._buffer
-        left, deadline = len(buffer), time.monotonic() + timeout
-        while buffer and time.monotonic() < deadline:
-            time.sleep(0.01)
-            if len(buffer) < left:
-                left, deadline = len(buffer), time.monotonic() + timeout
-        left = len(buffer)
-        if left:
-            self._queue.cancel_join_thread()
-        return left
+        """Called as a front-end exits: hand over its buffered jobs (see ``JobQueue.flush``)."""
+        return self._queue.flush(timeout)
 
     def _refused(self, n: int):
         self.queue_full += 1
         if self.queue_full == 1 or self.queue_full % 10000 == 0:
-            log.warning("job queue full (maxsize %d): %d raises refused so far in this process",
-                        self._maxsize, self.queue_full)
+            log.warning("job queue full (%d jobs): %d raises refused so far in this process",
+                        self._queue.maxsize, self.queue_full)
         reason = "the shared job queue is full; the RabbitMQ worker is not keeping up"
         return ((Status.QUEUE_FULL, reason),) * n
 

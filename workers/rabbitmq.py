@@ -25,7 +25,8 @@ from pika.adapters.select_connection import IOLoop, PollEvents
 
 from opsevent import RabbitMQSocket, Status
 from workers import logs
-from workers.channel import JobQueue, Replier
+from workers.channel import Replier
+from workers.jobqueue import JobQueue
 from workers.link import BrokerLink, Item
 from workers.process import reset_signals, set_parent_death_signal
 

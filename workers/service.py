@@ -24,7 +24,8 @@ import tempfile
 import time
 
 from workers import logs
-from workers.channel import JobQueue
+from workers.channel import JobSender
+from workers.jobqueue import JobQueue
 from workers.rabbitmq import worker_main
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class Service:
         self.jobs = JobQueue(self.ctx, self.settings.queue_size)
         self._stats_dir = tempfile.mkdtemp(prefix="opsevent-stats-")
         self.stats_path = os.path.join(self._stats_dir, "worker.json")
-        self.evi.attach(self.jobs.sender())
+        self.evi.attach(JobSender(self.jobs))
         self.spawn_worker()
         return self
 
