@@ -102,9 +102,11 @@ class Settings:
         How long shutdown keeps publishing what is queued; >= 0.
     reconnect_min (0.1), reconnect_max (5.0)
         Bounds of the worker's reconnect back-off; 0 < min <= max.
-    backlog_size (100_000)
-        Most events the worker keeps per broker while it cannot publish
-        (broker down or blocked); more are dropped, counted and logged; >= 1.
+    backlog_size (20_000)
+        Most events the worker holds unpublished or unconfirmed, all brokers
+        together (it stops reading the queue there, so raises get "queue
+        full"), and per broker while it cannot publish (more are dropped,
+        counted and logged); >= 1.
     persistent (False)
         Publish with delivery_mode 2, so that messages on durable queues
         survive a broker restart.
@@ -125,7 +127,7 @@ class Settings:
     drain_timeout: float = 5.0
     reconnect_min: float = 0.1
     reconnect_max: float = 5.0
-    backlog_size: int = 100_000
+    backlog_size: int = 20_000
     backlog_age: float = 60.0
     persistent: bool = False
     format: str = "lines"

@@ -32,10 +32,10 @@ from workers.process import reset_signals, set_parent_death_signal
 
 log = logging.getLogger(__name__)
 
-# The worker holds at most this many unresolved publishes (or bytes of them);
-# beyond that it stops reading, so the shared queue fills and raises get
-# "queue full" at once instead of the worker's memory growing without bound.
-MAX_OUTSTANDING_BYTES = 32 << 20
+# The worker holds at most backlog_size unresolved publishes, or this many
+# bytes of bodies; beyond that it stops reading, so the shared queue fills and
+# raises get "queue full" at once instead of the worker's memory growing.
+MAX_OUTSTANDING_BYTES = 16 << 20
 JOBS_PER_TURN = 5000  # jobs read before pika gets a turn, so confirms and heartbeats keep flowing
 TICK = 0.05  # seconds between sweeps for sync deadlines and silent brokers
 DRAIN_QUIET = 0.3  # seconds the pipe must stay empty before a draining worker closes
@@ -149,7 +149,8 @@ class RabbitMQWorker:
     def handle(self, job) -> None:
         seq, reply, sockets, body, raised_at = job
         self.stats["jobs"] += 1
-        record = Job(seq, reply, len(sockets))
+        # Nobody waits for an async job's statuses: one shared record serves them all.
+        record = _ASYNC if reply is None else Job(seq, reply, len(sockets))
         deadline = None
         if reply is not None:
             # Answer a little before the caller gives up, so it gets the reason.
@@ -184,13 +185,14 @@ class RabbitMQWorker:
 
     def _finish(self, job: Job, index: int, status: Status, reason: str) -> None:
         self.stats[status.value] += 1
+        if job is _ASYNC:
+            if status is not Status.CONFIRMED:
+                self._log_async_failure(status, reason)
+            return
         job.statuses[index] = (status.value, reason)
         job.remaining -= 1
-        if job.reply is not None:
-            if job.remaining == 0:
-                self.replier.send(job.reply, job.seq, tuple(job.statuses))
-        elif not status.ok:
-            self._log_async_failure(status, reason)
+        if job.remaining == 0:
+            self.replier.send(job.reply, job.seq, tuple(job.statuses))
 
     def _log_async_failure(self, status: Status, reason: str) -> None:
         # One line per kind of failure per interval, with the count: a dead
@@ -265,6 +267,9 @@ class RabbitMQWorker:
                 link.abort("close handshake timed out")
         if all(link.closed for link in self.links.values()):
             self.finished = True
+
+
+_ASYNC = Job(0, None, 0)
 
 
 @functools.lru_cache(maxsize=1024)
