@@ -98,7 +98,7 @@ def main(argv=None) -> int:
                     errors.append(f"{step.id}: {tb}")
                     result = {"kind": step.kind, "errors": [tb]}
                 result.update(id=step.id, group=step.group, label=step.label,
-                              wall_s=round(time.monotonic() - t0, 2))
+                              wall_s=round(time.monotonic() - t0, 2), loadavg_1m=os.getloadavg()[0])
                 results[step.id] = result
                 bad = bool(result.get("errors")) or bool(result.get("missing"))
                 display.end(step, report.one_line(result), ok=not bad)
@@ -133,7 +133,8 @@ def main(argv=None) -> int:
                     f"{date[:10]}")
         try:
             doc["charts"] = report.charts(charts_dir, results, subtitle)
-            summary_console.print("charts: " + ", ".join(_rel(p) for p in doc["charts"]))
+            if doc["charts"]:
+                summary_console.print("charts: " + ", ".join(_rel(p) for p in doc["charts"]))
         except Exception:
             errors.append(f"charts: {traceback.format_exc()}")
     if args.json:

@@ -24,7 +24,7 @@ import pika.exceptions
 
 from bench.harness import Gate, Target, Ticker, rate, run_forked, share
 from bench.measure import (
-    RssSampler,
+    ProcSampler,
     body_of,
     declare_queues,
     delete_queues,
@@ -58,10 +58,10 @@ def run_publish(env, spec: PublishSpec, progress=None) -> dict:
     declare_queues(env.broker, queues)
     gate = Gate(env.ctx, spec.processes)
     expected = spec.events * spec.fanout
-    sampler = RssSampler().start()
+    sampler = ProcSampler().start()
     clock = run_forked(env.ctx, gate, env.broker, Target(queues, expected), _publisher,
                        (env.broker, queues, spec), progress=progress, sampler=sampler,
-                       names="publisher")
+                       names="publisher", beam_pid=env.beam_pid)
     memory = sampler.stop()
     final = env.count(queues)
     delete_queues(env.broker, queues)
@@ -80,7 +80,7 @@ def run_publish(env, spec: PublishSpec, progress=None) -> dict:
         "messages_per_s": rate(expected, clock.seconds),
         "publish_phase_s": (round(max(r["t_end"] for r in results) - clock.start, 4)
                             if results else None),
-        "memory": memory,
+        "memory": memory, "cpu": sampler.cpu(memory, spec.events),
         "errors": errors,
     }
     if spec.timed:
@@ -110,6 +110,7 @@ def _publisher(rank: int, gate: Gate, broker, queues, spec: PublishSpec) -> None
             for q in queues:
                 publish("", q, body, PROPERTIES)
     t_end = time.monotonic()
+    gate.handed_over(rank, n * len(queues))
     result = {"rank": rank, "published": n * len(queues), "t_start": t_start, "t_end": t_end}
     if spec.timed:
         result["hist"] = hist.encode()
@@ -122,10 +123,10 @@ def run_confirm(env, spec: ConfirmSpec, progress=None) -> dict:
     q = env.queue("b3")
     declare_queues(env.broker, (q,))
     gate = Gate(env.ctx, 1)
-    sampler = RssSampler().start()
+    sampler = ProcSampler().start()
     ticker = Ticker(progress, spec.duration)
     clock = run_forked(env.ctx, gate, env.broker, Target(), _confirmer, (env.broker, q, spec),
-                       sampler=sampler, names="publisher")
+                       sampler=sampler, names="publisher", beam_pid=env.beam_pid)
     ticker.stop()
     memory = sampler.stop()
     final = env.count((q,))
@@ -144,7 +145,7 @@ def run_confirm(env, spec: ConfirmSpec, progress=None) -> dict:
         "missing": max(0, r["confirmed"] - final), "extra": max(0, final - r["confirmed"] - r["failed"]),
         "seconds": seconds,
         "confirmed_per_s": rate(r["confirmed"], seconds),
-        "memory": memory,
+        "memory": memory, "cpu": sampler.cpu(memory, r["confirmed"]),
         "errors": errors,
     }
     if results:

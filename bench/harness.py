@@ -29,7 +29,8 @@ from bench.measure import QueueCounter, proc_private_kib, proc_status
 START_TIMEOUT = 120.0  # a process waits this long at the barrier
 END_TIMEOUT = 600.0    # and this long for "done"
 WARMUP_TIMEOUT = 30.0
-POLL_INTERVAL = 0.004
+POLL_INTERVAL = 0.004  # near the end of a run
+SLOW_POLL = 0.1        # far from it
 
 
 class Gate:
@@ -40,6 +41,11 @@ class Gate:
         self.barrier = ctx.Barrier(parties + 1)
         self.done = ctx.Event()
         self.results = ctx.Queue()
+        # Per rank (from 1): how many events it handed over, once it has finished; -1 before.
+        self.handed = ctx.Array("q", [-1] * (parties + 1), lock=False)
+        # Per rank: events handed over so far, updated now and then while raising (the
+        # conductor's "in transit" figure: handed over but not yet in the broker).
+        self.progress = ctx.Array("q", [0] * (parties + 1), lock=False)
 
     # -- the children's side --------------------------------------------------------
 
@@ -47,6 +53,16 @@ class Gate:
         """Block until the conductor starts the clock; return the start time."""
         self.barrier.wait(START_TIMEOUT)
         return time.monotonic()
+
+    def handed_over(self, rank: int, count: int) -> None:
+        """Say how many events this process handed over (accepted raises, publishes): the
+        conductor then waits for exactly those, not for the nominal count."""
+        self.handed[rank] = count
+
+    def handed_total(self) -> int | None:
+        """Events handed over by all processes, or None while one is still at it."""
+        counts = self.handed[1:]
+        return None if any(c < 0 for c in counts) else sum(counts)
 
     def finish(self, result: dict) -> None:
         """Wait for the conductor's "done", then report ``result`` with this process's memory."""
@@ -73,6 +89,7 @@ class Clock:
     start: float = 0.0
     end: float | None = None       # when the broker held every expected message
     final_seen: int = 0            # the last count the conductor saw
+    max_in_transit: int = 0        # most messages handed over but not yet in the broker, as polled
     warmup_s: float = 0.0
     error: str = ""
     results: list = field(default_factory=list)
@@ -95,9 +112,10 @@ class Target:
     expected: int | None = None
     warmup: tuple[str, int] | None = None
     stall: float = 10.0
+    per_event: int = 1  # messages per handed-over event (fan-out)
 
 
-def conduct(gate: Gate, broker, target: Target, *, on_start=None, progress=None,
+def conduct(gate: Gate, broker, target: Target, *, on_start=None, on_end=None, progress=None,
             alive=None) -> Clock:
     """Run the conductor (in a thread of the main process); see the module docstring."""
     clock = Clock()
@@ -109,19 +127,22 @@ def conduct(gate: Gate, broker, target: Target, *, on_start=None, progress=None,
             name, want = target.warmup
             deadline = t_ready + WARMUP_TIMEOUT
             while counter.count([name]) < want:
-                if gate.barrier.broken:
+                if gate.barrier.broken or (alive is not None and not alive()):
                     raise RuntimeError("a process failed before the start (see its error)")
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"warm-up: fewer than {want} events in {name!r} "
                                        f"after {WARMUP_TIMEOUT:g} s (is the RabbitMQ worker up?)")
                 time.sleep(POLL_INTERVAL)
         clock.warmup_s = time.monotonic() - t_ready
+        _wait_ready(gate, alive)
         gate.barrier.wait(START_TIMEOUT)
         clock.start = time.monotonic()
         if on_start is not None:
             on_start()
         if target.expected is not None:
-            _wait_in_broker(counter, target, clock, progress)
+            _wait_in_broker(gate, counter, target, clock, progress)
+            if on_end is not None:
+                on_end()
     except Exception as exc:  # noqa: BLE001 - reported as the run's error
         clock.error = f"{type(exc).__name__}: {exc}"
         try:
@@ -133,31 +154,62 @@ def conduct(gate: Gate, broker, target: Target, *, on_start=None, progress=None,
         if counter is not None:
             counter.close()
     clock.results = _collect(gate, alive)
+    if target.expected is None and on_end is not None:
+        on_end()  # no broker clock: the window ends when the last process has reported
     return clock
 
 
-def _wait_in_broker(counter: QueueCounter, target: Target, clock: Clock, progress) -> None:
+def _wait_ready(gate: Gate, alive) -> None:
+    """Wait until every process waits at the barrier, or fail early if one is gone."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while gate.barrier.n_waiting < gate.parties:
+        if gate.barrier.broken or (alive is not None and not alive()):
+            raise RuntimeError("a process failed or exited before the start (see its error)")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{gate.barrier.n_waiting} of {gate.parties} processes ready "
+                               f"after {START_TIMEOUT:g} s")
+        time.sleep(POLL_INTERVAL)
+
+
+def _wait_in_broker(gate: Gate, counter: QueueCounter, target: Target, clock: Clock, progress) -> None:
+    """Poll the count until it reaches the target: slowly while far from it, every few ms near it.
+
+    Each poll is a round trip and some CPU in this process and the broker, on
+    a machine whose cores the measured processes need: the bench must not
+    steal more than it measures.  Near the end (less than ~0.2 s to go at the
+    current rate) it polls every POLL_INTERVAL, so the end is seen within a
+    few milliseconds.  Once every process has said how many events it handed
+    over (refused raises are not in the broker), that is what it waits for.
+    """
     last_change = time.monotonic()
     last_count = -1
     last_report = 0.0
+    prev = (clock.start, 0)
     while True:
         count = counter.count(target.queues)
         now = time.monotonic()
         clock.final_seen = count
-        if count >= target.expected:
+        handed = gate.handed_total()
+        want = target.expected if handed is None else min(target.expected, handed * target.per_event)
+        so_far = handed if handed is not None else sum(gate.progress[1:])
+        clock.max_in_transit = max(clock.max_in_transit, so_far * target.per_event - count)
+        if count >= want:
             clock.end = now
             if progress is not None:
-                progress(count, target.expected)
+                progress(count, want)
             return
         if count != last_count:
             last_count, last_change = count, now
         elif now - last_change > target.stall:
-            raise TimeoutError(f"stalled: {count:,} of {target.expected:,} messages in the "
+            raise TimeoutError(f"stalled: {count:,} of {want:,} messages in the "
                                f"broker, no progress for {target.stall:g} s")
         if progress is not None and now - last_report > 0.1:
-            progress(count, target.expected)
+            progress(count, want)
             last_report = now
-        time.sleep(POLL_INTERVAL)
+        speed = (count - prev[1]) / max(1e-6, now - prev[0])
+        prev = (now, count)
+        left = (want - count) / speed if speed > 0 else float("inf")
+        time.sleep(POLL_INTERVAL if left < 0.2 else min(SLOW_POLL, max(POLL_INTERVAL, left / 4)))
 
 
 def _collect(gate: Gate, alive) -> list[dict]:
@@ -197,7 +249,7 @@ class Conductor:
 
 
 def run_forked(ctx, gate: Gate, broker, target: Target, body, args=(), *, progress=None,
-               sampler=None, names=None) -> Clock:
+               sampler=None, names=None, beam_pid=None) -> Clock:
     """Fork ``gate.parties`` processes running ``body(rank, gate, *args)``; conduct; join."""
     procs = [ctx.Process(target=_child, args=(body, rank, gate, args), name=f"bench-{rank}", daemon=True)
              for rank in range(1, gate.parties + 1)]
@@ -208,8 +260,12 @@ def run_forked(ctx, gate: Gate, broker, target: Target, body, args=(), *, progre
         if sampler is not None:
             for rank, p in enumerate(procs, 1):
                 sampler.watch(f"{names or 'process'}-{rank}", p.pid)
+            sampler.watch("main", os.getpid())
+            sampler.watch("beam", beam_pid)
+            sampler.mark_start()
 
     conductor = Conductor(gate, broker, target, on_start=on_start, progress=progress,
+                          on_end=sampler.mark_end if sampler is not None else None,
                           alive=lambda: any(p.is_alive() for p in procs)).start()
     clock = conductor.join()
     for p in procs:
@@ -236,6 +292,17 @@ class Env:
         self.ctx = ctx
         self.run_id = run_id or f"{os.getpid()}-{int(time.time())}"
         self._n = 0
+        self._beam_pid = False
+
+    @property
+    def beam_pid(self) -> int | None:
+        """The broker's beam.smp pid, when it is on this machine and ours to read."""
+        if self._beam_pid is False:
+            try:
+                self._beam_pid = self.broker.beam_pid()
+            except Exception:  # noqa: BLE001 - a broker elsewhere: no CPU figures for it
+                self._beam_pid = None
+        return self._beam_pid
 
     def queue(self, what: str) -> str:
         self._n += 1

@@ -121,61 +121,153 @@ def proc_private_kib(pid: int | str = "self") -> int | None:
     return total
 
 
-class RssSampler:
-    """A thread sampling the RSS of some processes; keeps each one's peak.
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-    ``VmHWM`` is the kernel's own peak (exact); ``VmRSS`` sampled every
-    ``interval`` seconds gives the sampled peak and the last value.
+
+def proc_cpu_s(pid: int | str = "self") -> float | None:
+    """User + system CPU seconds a process has used (None when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy (all cores; /proc/stat)."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    guest = sum(values[8:10]) if len(values) > 9 else 0  # already counted in user/nice
+    return (sum(values) - idle - guest) / CLK_TCK
+
+
+class ProcSampler:
+    """A thread sampling the RSS and CPU time of some processes.
+
+    Memory: ``VmHWM`` is the kernel's own peak (exact); ``VmRSS`` sampled every
+    ``interval`` seconds gives the sampled peak and the last value.  CPU:
+    each process's CPU seconds between ``watch`` and ``mark_end()`` (or its
+    last sample, if it exited first), and the machine's busy CPU seconds over
+    the same window: what the rest is, other processes used (a noisy
+    neighbour shows there).
     """
 
-    def __init__(self, interval: float = 0.05):
+    def __init__(self, interval: float = 0.1):
         self.interval = interval
         self._pids: dict[str, int] = {}
         self.peaks: dict[str, dict] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._ended = False
+        self._window = [time.monotonic(), None]
+        self._busy = [machine_busy_s(), None]
+        self._probes: list = []
+        self.probe_max: dict[str, float] = {}
+        self._thread = threading.Thread(target=self._run, name="proc-sampler", daemon=True)
 
-    def watch(self, name: str, pid: int) -> None:
+    def watch(self, name: str, pid: int | None) -> None:
+        if pid is None:
+            return
         with self._lock:
             self._pids[name] = pid
-            self.peaks.setdefault(name, {"pid": pid})
+            self.peaks.setdefault(name, {"pid": pid, "cpu_start_s": proc_cpu_s(pid)})
         self._sample_one(name, pid)
 
-    def start(self) -> "RssSampler":
+    def probe(self, fn) -> None:
+        """Also call ``fn() -> {name: number}`` at every sample; keep each number's maximum."""
+        self._probes.append(fn)
+
+    def mark_start(self) -> None:
+        """Start the CPU window now (processes watched before count from here)."""
+        with self._lock:
+            self._window[0] = time.monotonic()
+            self._busy[0] = machine_busy_s()
+            for name, pid in self._pids.items():
+                self.peaks[name]["cpu_start_s"] = proc_cpu_s(pid)
+
+    def mark_end(self) -> None:
+        """End the CPU window now: the run's clock has stopped.  Also the private-memory sample."""
+        self._sample_all(private=True)
+        with self._lock:
+            self._ended = True
+            self._window[1] = time.monotonic()
+            self._busy[1] = machine_busy_s()
+
+    def start(self) -> "ProcSampler":
         self._thread.start()
         return self
 
     def stop(self) -> dict[str, dict]:
-        """Stop, take a last sample, and return ``{name: {pid, hwm_kib, rss_max_kib, rss_last_kib}}``."""
+        """Stop; return ``{name: {pid, hwm_kib, rss_max_kib, rss_last_kib, cpu_s, ...}}``."""
+        if not self._ended:
+            self.mark_end()
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(5)
         self._sample_all()
-        return {name: dict(v) for name, v in self.peaks.items()}
+        out = {}
+        for name, v in self.peaks.items():
+            v = dict(v)
+            start, end = v.pop("cpu_start_s", None), v.pop("cpu_end_s", None)
+            if start is not None and end is not None:
+                v["cpu_s"] = round(end - start, 3)
+            out[name] = v
+        return out
+
+    def cpu(self, memory: dict[str, dict], events: int | None = None) -> dict:
+        """CPU over the window by kind of process (``worker``, ``frontend``...), plus others."""
+        window = (self._window[1] or time.monotonic()) - self._window[0]
+        busy = (self._busy[1] or machine_busy_s()) - self._busy[0]
+        by_kind: dict[str, float] = {}
+        for name, v in memory.items():
+            if "cpu_s" in v:
+                kind = name.split("-", 1)[0]
+                by_kind[kind] = round(by_kind.get(kind, 0.0) + v["cpu_s"], 3)
+        ours = sum(by_kind.values())
+        out = {"window_s": round(window, 3), "capacity_s": round(window * (os.cpu_count() or 1), 3),
+               "machine_busy_s": round(busy, 3), "by_process_s": by_kind,
+               "others_s": round(max(0.0, busy - ours), 3)}
+        if events:
+            out["us_per_event"] = {k: round(v / events * 1e6, 2) for k, v in by_kind.items()}
+        return out
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self._sample_all()
 
-    def _sample_all(self) -> None:
+    def _sample_all(self, private: bool = False) -> None:
         with self._lock:
             pids = list(self._pids.items())
         for name, pid in pids:
-            self._sample_one(name, pid)
+            self._sample_one(name, pid, private and name not in ("beam", "main"))
+        for fn in self._probes:
+            try:
+                values = fn() or {}
+            except Exception:  # noqa: BLE001 - a probe is best effort
+                continue
+            for key, value in values.items():
+                self.probe_max[key] = max(self.probe_max.get(key, value), value)
 
-    def _sample_one(self, name: str, pid: int) -> None:
+    def _sample_one(self, name: str, pid: int, private: bool = False) -> None:
         st = proc_status(pid)
         if not st:
             return
-        peak = self.peaks[name]
-        peak["hwm_kib"] = max(peak.get("hwm_kib", 0), st.get("VmHWM", 0))
-        peak["rss_max_kib"] = max(peak.get("rss_max_kib", 0), st.get("VmRSS", 0))
-        peak["rss_last_kib"] = st.get("VmRSS", 0)
-        private = proc_private_kib(pid)
-        if private is not None:
-            peak["private_last_kib"] = private
-            peak["private_max_kib"] = max(peak.get("private_max_kib", 0), private)
+        cpu = proc_cpu_s(pid)
+        with self._lock:
+            peak = self.peaks[name]
+            peak["hwm_kib"] = max(peak.get("hwm_kib", 0), st.get("VmHWM", 0))
+            peak["rss_max_kib"] = max(peak.get("rss_max_kib", 0), st.get("VmRSS", 0))
+            peak["rss_last_kib"] = st.get("VmRSS", 0)
+            if cpu is not None and not self._ended:
+                peak["cpu_end_s"] = cpu
+        if private:
+            # Walks every mapping in the kernel: only once, at the end of the window.
+            kib = proc_private_kib(pid)
+            if kib is not None:
+                with self._lock:
+                    peak["private_at_end_kib"] = kib
 
 
 # -- the broker's side ------------------------------------------------------------------
@@ -286,6 +378,3 @@ def rabbitmq_version() -> str:
             return name.split("-", 1)[1]
     return "?"
 
-
-def now_monotonic() -> float:
-    return time.monotonic()

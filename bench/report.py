@@ -75,10 +75,19 @@ def one_line(result: dict) -> str:
     worker = (result.get("memory") or {}).get("worker")
     if worker and worker.get("hwm_kib"):
         parts.append(f"worker peak RSS {mib(worker['hwm_kib'])}")
+    if result.get("max_in_transit"):
+        parts.append(f"up to {result['max_in_transit']:,} in transit")
+    held = (result.get("worker_backlog_max") or {}).get("inflight")
+    if held:
+        parts.append(f"worker held up to {held:,} unconfirmed")
+    cpu = result.get("cpu") or {}
+    if cpu.get("capacity_s"):
+        parts.append(f"CPU by others {cpu['others_s'] / cpu['capacity_s']:.0%}")
     parts.append(f"missing {result.get('missing', '?')}")
     refused = result.get("refused")
     if refused:
-        parts.append(f"refused {refused}")
+        again = " (raised again)" if result.get("raised_again_when_full") else ""
+        parts.append(f"refused {refused:,}{again}")
     if result.get("errors"):
         parts.append("ERROR: " + result["errors"][0].splitlines()[0])
     return ", ".join(parts)
@@ -93,19 +102,19 @@ def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
 
     rows = []
     if "b1" in res:
-        rows.append(["B1: 1 process, basic_publish loop", n0(b1), "—", "—", _miss(res["b1"])])
+        rows.append(["B1: 1 process, basic_publish loop", n0(b1), "—", "—", "—", _miss(res["b1"])])
     for p in sorted(int(k.split(".p")[1]) for k in res if k.startswith("async.p")):
         ours, b2 = res.get(f"async.p{p}", {}), res.get(f"b2.p{p}", {})
         r1, r2 = ratio(ours.get("events_per_s"), b1), ratio(ours.get("events_per_s"), b2.get("events_per_s"))
         rows.append([f"opsevent async, {p} front-end{'s' if p > 1 else ''}", n0(ours.get("events_per_s")),
-                     f"{rx(r1)} B1, {rx(r2)} B2", quad(ours.get("caller_us")), _miss(ours)])
+                     f"{rx(r1)} B1, {rx(r2)} B2", quad(ours.get("caller_us")), _refused(ours), _miss(ours)])
         if b2:
             rows.append([f"B2: {p} process{'es' if p > 1 else ''}, own connection each",
-                         n0(b2.get("events_per_s")), "—", quad(b2.get("caller_us")), _miss(b2)])
+                         n0(b2.get("events_per_s")), "—", quad(b2.get("caller_us")), "—", _miss(b2)])
     if rows:
         out.append(("Async throughput (events/s until the broker holds all) and caller cost",
-                    ["run", "events/s", "ratio", "caller blocked p50 / p99 / p99.9 / max (µs)", "missing"],
-                    rows))
+                    ["run", "events/s", "ratio", "caller blocked p50 / p99 / p99.9 / max (µs)",
+                     "queue full (raised again)", "missing"], rows))
 
     rows = []
     b3 = res.get("b3", {}).get("confirmed_per_s")
@@ -139,22 +148,41 @@ def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         rows.append([_size(size), n0(ours.get("events_per_s")), n0(base.get("events_per_s")),
                      rx(ratio(ours.get("events_per_s"), base.get("events_per_s"))), f"{mbs:,.1f}",
                      mib((ours.get("memory") or {}).get("worker", {}).get("hwm_kib")),
-                     _miss(ours)])
+                     _refused(ours), _miss(ours)])
     if rows:
         out.append(("Body size (opsevent: 4 front-ends; B1: 1 process)",
                     ["body", "opsevent events/s", "B1 events/s", "ratio", "opsevent MB/s",
-                     "worker peak RSS", "missing"], rows))
+                     "worker peak RSS", "queue full (raised again)", "missing"], rows))
 
     rows = []
     for k in sorted(int(key[len("async.fanout"):]) for key in res if key.startswith("async.fanout")):
         ours, base = res[f"async.fanout{k}"], res.get(f"b1.fanout{k}", {})
         rows.append([str(k), f"{n0(ours.get('events_per_s'))} ({n0(ours.get('messages_per_s'))})",
                      f"{n0(base.get('events_per_s'))} ({n0(base.get('messages_per_s'))})",
-                     rx(ratio(ours.get("events_per_s"), base.get("events_per_s"))), _miss(ours)])
+                     rx(ratio(ours.get("events_per_s"), base.get("events_per_s"))), _refused(ours),
+                     _miss(ours)])
     if rows:
         out.append(("Fan-out (subscribers per event; opsevent: 4 front-ends, B1: one publish per queue)",
                     ["subscribers", "opsevent events/s (messages/s)", "B1 events/s (messages/s)", "ratio",
-                     "missing"], rows))
+                     "queue full (raised again)", "missing"], rows))
+
+    rows = []
+    for key in ("b1", "async.p1", "async.p4", "async.p16", "b2.p4", "b3", "sync.p8", "sync.p32", "sync.fixed",
+                "b3.fixed", "async.body16384", "b1.body16384", "async.fanout16", "b1.fanout16"):
+        r = res.get(key)
+        cpu = (r or {}).get("cpu") or {}
+        if not cpu.get("us_per_event"):
+            continue
+        per = cpu["us_per_event"]
+        client = sum(v for k, v in per.items() if k in ("frontend", "caller", "publisher"))
+        rows.append([key, us(per.get("worker")), us(client), us(per.get("beam")),
+                     f"{(cpu['machine_busy_s'] / cpu['capacity_s']):.0%}" if cpu.get("capacity_s") else "—",
+                     f"{(cpu['others_s'] / cpu['capacity_s']):.0%}" if cpu.get("capacity_s") else "—"])
+    if rows:
+        out.append(("Where the CPU goes (CPU µs per event over the run's window; the machine has "
+                    f"{os.cpu_count()} cores)",
+                    ["run", "RabbitMQ worker", "front-ends / callers / publishers", "broker (beam.smp)",
+                     "machine busy", "other processes"], rows))
 
     rows = []
     worst = _worst_worker(res)
@@ -166,6 +194,11 @@ def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             if peaks:
                 k, v = max(peaks, key=lambda kv: kv[1])
                 rows.append([f"RabbitMQ worker: peak RSS, {group} scenarios", mib(v), k])
+    held = [(k, (r.get("worker_backlog_max") or {}).get("inflight") or 0) for k, r in res.items()]
+    held = [kv for kv in held if kv[1]]
+    if held:
+        k, v = max(held, key=lambda kv: kv[1])
+        rows.append(["RabbitMQ worker: most events held unconfirmed (sampled ~1/s)", f"{v:,} events", k])
     fe4 = res.get("async.p4", {}).get("frontend_rss") or []
     if fe4:
         rows.append(["front-end: peak RSS (async, 4 front-ends)",
@@ -176,7 +209,8 @@ def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         rows.append([f"front-end: RSS over {mem['events']:,} events (start -> end)",
                      f"{mib(f.get('rss_start_kib'))} -> {mib(f.get('rss_end_kib'))}",
                      f"growth {mib(f.get('growth_kib'))}, peak {mib(f.get('hwm_kib'))}, "
-                     f"paced {n0(mem.get('paced_rate_per_frontend'))}/s, refused {mem.get('refused', 0)}"])
+                     f"paced {n0(mem.get('paced_rate_per_frontend'))}/s, at most "
+                     f"{n0(mem.get('max_in_transit'))} events in transit, refused {mem.get('refused', 0)}"])
     if rows:
         out.append(("Memory", ["process", "RSS", "where"], rows))
     return out
@@ -184,6 +218,15 @@ def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
 
 def _size(size: int) -> str:
     return f"{size // 1024} KiB" if size % 1024 == 0 else f"{size} B"
+
+
+def _refused(r: dict) -> str:
+    """Raises refused with "queue full" (a flooding front-end raised the event again)."""
+    if not r:
+        return "—"
+    n = r.get("refused") or 0
+    total = (r.get("accepted") or 0) + n
+    return f"{n:,} ({n / total:.0%})" if n and total else "0"
 
 
 def _miss(r: dict) -> str:
@@ -234,7 +277,7 @@ def targets(res: dict) -> list[dict]:
     add(f"sync, 8 callers: >= {t['sync_vs_b3']:g}x B3's confirmed events/s, every success confirmed",
         None if r is None else (r >= t["sync_vs_b3"] and failed == 0),
         f"{rx(r)} ({n0((s8 or {}).get('confirmed_per_s'))} vs {n0((b3 or {}).get('confirmed_per_s'))} "
-        f"confirmed/s), {failed} not confirmed")
+        f"confirmed/s), {'—' if failed is None else failed} not confirmed")
 
     fx = res.get("sync.fixed")
     sched = ((fx or {}).get("latency_from_schedule_us") or {}).get("p99_us")
@@ -262,11 +305,13 @@ def targets(res: dict) -> list[dict]:
 
     ours = {k: v for k, v in res.items() if v.get("kind") == "ours"}
     missing = sum(v.get("missing") or 0 for v in ours.values())
-    refused = sum(v.get("refused") or 0 for v in ours.values())
+    again = sum(v.get("refused") or 0 for v in ours.values() if v.get("raised_again_when_full"))
+    lost = sum(v.get("refused") or 0 for v in ours.values() if not v.get("raised_again_when_full"))
     base_missing = sum(v.get("missing") or 0 for v in res.values() if v.get("kind") == "baseline")
     add("no event missing in any scenario", (missing == 0) if ours else None,
-        f"{missing} missing over {len(ours)} scenarios; {refused} refused (queue full/timeouts); "
-        f"baselines: {base_missing} missing")
+        f"{missing} missing over {len(ours)} scenarios (accepted by raise_event but not in the broker); "
+        f"{lost:,} raises failed in paced/sync runs; {again:,} raises refused with queue full while "
+        f"flooding (raised again); baselines: {base_missing} missing")
     return out
 
 
@@ -344,7 +389,9 @@ def charts(directory: str | os.PathLike, res: dict, subtitle: str) -> list[str]:
         b1 = res.get("b1", {}).get("events_per_s")
         if b1:
             ax.axhline(b1, color="#7f7f7f", ls=":", lw=1.8, label=f"B1: 1 process, basic_publish loop ({b1:,.0f})")
-            ax.axhline(2 * b1, color="#2ca02c", ls="-.", lw=1, alpha=0.7, label="target at 4 front-ends: 2x B1")
+            if 4 in ps:
+                ax.plot([4], [2 * b1], marker="*", ms=13, ls="none", color="#2ca02c",
+                        label=f"target at 4 front-ends: 2x B1 ({2 * b1:,.0f})")
         ax.set_xscale("log", base=2)
         ax.set_xticks(ps)
         ax.set_xticklabels([str(p) for p in ps])

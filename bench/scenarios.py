@@ -11,6 +11,8 @@ scheduled time as well as from the call, against coordinated omission).
 from __future__ import annotations
 
 import collections
+import inspect
+import os
 import time
 from dataclasses import dataclass
 
@@ -23,7 +25,7 @@ from bench.measure import (
     EVENT,
     WARMUP_EVENT,
     WARMUP_PARAMS,
-    RssSampler,
+    ProcSampler,
     declare_queues,
     delete_queues,
     merge_encoded,
@@ -35,6 +37,7 @@ from bench.measure import (
 QUEUE_SIZE_MIN = 200_000
 DRAIN_TIMEOUT = 60.0
 PACE_BATCH = 500  # paced raising checks the schedule every this many events
+RETRY_PAUSE = 0.0005  # seconds a flooding front-end waits after "queue full" before raising again
 
 
 @dataclass
@@ -44,6 +47,7 @@ class AsyncSpec:
     params: tuple
     fanout: int = 1             # subscribers per event (one queue each)
     rate: float | None = None   # events/s per front-end; None: as fast as possible
+    retry_full: bool = True     # on "queue full", pause RETRY_PAUSE and raise the event again
 
 
 @dataclass
@@ -67,19 +71,25 @@ def run_async(env, spec: AsyncSpec, progress=None) -> dict:
         evi.subscribe_event(EVENT, broker.socket(q))
     evi.subscribe_event(WARMUP_EVENT, broker.socket(warm))
     gate = Gate(env.ctx, spec.frontends)
-    sup = workers.Supervisor(evi, _async_target(gate, spec), processes=spec.frontends,
-                             install_logging=False)
-    sampler = RssSampler().start()
+    options = {"install_logging": False}
+    if "restart" in inspect.signature(workers.Supervisor).parameters:
+        options["restart"] = "never"  # a crashed front-end is an error of the run, not restarted
+    sup = _Supervisor(evi, _async_target(gate, spec), processes=spec.frontends, **options)
+    sampler = ProcSampler().start()
+    sampler.probe(lambda: _worker_backlog(sup.service))
 
     def on_start():
         sampler.watch("worker", sup.service.process.pid)
         for rank, p in list(sup.frontends.items()):
             sampler.watch(f"frontend-{rank}", p.pid)
+        sampler.watch("main", os.getpid())
+        sampler.watch("beam", env.beam_pid)
+        sampler.mark_start()
 
     expected = spec.events * spec.fanout
-    conductor = Conductor(gate, broker, Target(queues, expected, warmup=(warm, 1)),
-                          on_start=on_start, progress=progress,
-                          alive=lambda: bool(sup.frontends)).start()
+    conductor = Conductor(gate, broker, Target(queues, expected, warmup=(warm, 1), per_event=spec.fanout),
+                          on_start=on_start, on_end=sampler.mark_end, progress=progress,
+                          alive=lambda: not sup.exit_codes or bool(sup.frontends)).start()
     worker_pid = None
     try:
         exit_codes = sup.run()
@@ -87,6 +97,9 @@ def run_async(env, spec: AsyncSpec, progress=None) -> dict:
     finally:
         clock = conductor.join()
         memory = sampler.stop()
+    if sup.signalled:  # the Supervisor took a SIGINT/SIGTERM meant for the whole bench
+        delete_queues(broker, queues + (warm,))
+        raise KeyboardInterrupt
     final = env.count(queues)
     delete_queues(broker, queues + (warm,))
 
@@ -105,22 +118,35 @@ def run_async(env, spec: AsyncSpec, progress=None) -> dict:
     out = {
         "kind": "ours", "mode": "async", "frontends": spec.frontends, "fanout": spec.fanout,
         "events": spec.events, "body_bytes": env.body_len(spec.params),
-        "paced_rate_per_frontend": spec.rate,
+        "paced_rate_per_frontend": spec.rate, "raised_again_when_full": spec.retry_full,
         "accepted": accepted, "refused": refused, "refused_by_status": dict(failed_by_status),
         "expected_in_broker": accepted * spec.fanout, "in_broker": final,
         "missing": max(0, accepted * spec.fanout - final),
         "extra": max(0, final - accepted * spec.fanout),
         "seconds": clock.seconds, "warmup_s": round(clock.warmup_s, 3),
-        "events_per_s": rate(spec.events, clock.seconds),
-        "messages_per_s": rate(expected, clock.seconds),
+        "max_in_transit": clock.max_in_transit,
+        "events_per_s": rate(accepted, clock.seconds),
+        "messages_per_s": rate(accepted * spec.fanout, clock.seconds),
         "raise_phase_s": _raise_phase(results, clock.start),
         "caller_us": summarize(hist),
         "worker_pid": worker_pid, "worker_restarts": sup.service.restarts,
-        "memory": memory,
+        "worker_backlog_max": dict(sampler.probe_max),
+        "worker_stats": _final_stats(sup.service),
+        "memory": memory, "cpu": sampler.cpu(memory, spec.events),
         "frontend_rss": [_fe_memory(r) for r in sorted(results, key=lambda r: r["rank"])],
         "errors": errors,
     }
     return out
+
+
+class _Supervisor(workers.Supervisor):
+    """Remembers a stop signal (Ctrl-C): the Supervisor handles it, the bench must stop too."""
+
+    signalled = None
+
+    def handle_signal(self, signum: int) -> None:
+        self.signalled = signum
+        super().handle_signal(signum)
 
 
 def _async_target(gate: Gate, spec: AsyncSpec):
@@ -146,19 +172,36 @@ def _async_frontend(rank: int, evi, gate: Gate, spec: AsyncSpec) -> None:
         if not evi.raise_event(WARMUP_EVENT, WARMUP_PARAMS):
             raise RuntimeError("the warm-up event was refused")
     ok = 0
-    rss_start = proc_status()
-    t_start = gate.wait_start()
-    if spec.rate is None:
-        for i in range(n):
+    queue_full = Status.QUEUE_FULL
+    retry = spec.retry_full
+    sleep = time.sleep
+
+    def one():
+        # One event: raised again after a pause while the queue is full (when retrying).
+        nonlocal ok
+        while True:
             t0 = clock()
             result = raise_event(EVENT, params)
             record(clock() - t0 or 1)
             if result:
                 ok += 1
-            else:
-                failed.update(d.status.value for d in result.failures)
-            if not i & 4095 and workers.stopping():
-                break
+                return
+            failures = result.failures
+            failed.update(d.status.value for d in failures)
+            if not retry or any(d.status is not queue_full for d in failures):
+                return
+            sleep(RETRY_PAUSE)
+
+    rss_start = proc_status()
+    t_start = gate.wait_start()
+    progress = gate.progress
+    if spec.rate is None:
+        for i in range(n):
+            one()
+            if not i & 1023:
+                progress[rank] = ok
+                if workers.stopping():
+                    break
     else:
         # Paced: an absolute schedule, checked every PACE_BATCH events.
         interval = 1.0 / spec.rate
@@ -168,14 +211,10 @@ def _async_frontend(rank: int, evi, gate: Gate, spec: AsyncSpec) -> None:
             if ahead > 0:
                 time.sleep(ahead)
             for _ in range(min(PACE_BATCH, n - done)):
-                t0 = clock()
-                result = raise_event(EVENT, params)
-                record(clock() - t0 or 1)
-                if result:
-                    ok += 1
-                else:
-                    failed.update(d.status.value for d in result.failures)
+                one()
             done += PACE_BATCH
+            progress[rank] = ok
+    gate.handed_over(rank, ok)
     t_end = time.monotonic()
     gate.finish({"rank": rank, "ok": ok, "failed": dict(failed), "hist": hist.encode(),
                  "t_start": t_start, "t_end": t_end, "rss_start": rss_start})
@@ -192,16 +231,18 @@ def run_sync(env, spec: SyncSpec, progress=None) -> dict:
     evi.subscribe_event(EVENT, broker.socket(q))
     evi.subscribe_event(WARMUP_EVENT, broker.socket(warm))
     gate = Gate(env.ctx, spec.callers)
-    sampler = RssSampler().start()
+    sampler = ProcSampler().start()
     with workers.serve(evi, install_logging=False) as service:
         worker_pid = service.process.pid
         sampler.watch("worker", worker_pid)
+        sampler.probe(lambda: _worker_backlog(service))
         ticker = Ticker(progress, spec.duration)
         clock = run_forked(env.ctx, gate, broker, Target(warmup=(warm, spec.callers)), _sync_caller,
-                           (evi, spec), sampler=sampler, names="caller", progress=None)
+                           (evi, spec), sampler=sampler, names="caller", beam_pid=env.beam_pid)
         ticker.stop()
         restarts = service.restarts
     memory = sampler.stop()
+    worker_stats = _final_stats(service)
     final = env.count((q,))
     delete_queues(broker, (q, warm))
 
@@ -227,7 +268,8 @@ def run_sync(env, spec: SyncSpec, progress=None) -> dict:
         "confirmed_per_s": rate(confirmed, seconds),
         "latency_us": summarize(merge_encoded([r["hist"] for r in results])),
         "worker_pid": worker_pid, "worker_restarts": restarts,
-        "memory": memory,
+        "worker_backlog_max": dict(sampler.probe_max), "worker_stats": worker_stats,
+        "memory": memory, "cpu": sampler.cpu(memory, confirmed),
         "errors": errors,
     }
     if spec.rate:
@@ -305,6 +347,20 @@ def _raise_phase(results, start: float) -> float | None:
     if not results:
         return None
     return round(max(r["t_end"] for r in results) - start, 4)
+
+
+def _worker_backlog(service) -> dict:
+    """Events the worker holds (pending + in flight), from its stats file (about once a second)."""
+    stats = service.stats() if hasattr(service, "stats") else {}
+    brokers = (stats or {}).get("brokers") or {}
+    return {"inflight": sum(b.get("inflight", 0) for b in brokers.values()),
+            "pending": sum(b.get("pending", 0) for b in brokers.values())}
+
+
+def _final_stats(service) -> dict:
+    """The worker's last counters (``Service.final_stats``, kept after stop), without per-broker detail."""
+    stats = getattr(service, "final_stats", None) or {}
+    return {k: v for k, v in stats.items() if k not in ("brokers", "pid", "time")}
 
 
 def _fe_memory(r: dict) -> dict:
