@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 # bytes of bodies; beyond that it stops reading, so the shared queue fills and
 # raises get "queue full" at once instead of the worker's memory growing.
 MAX_OUTSTANDING_BYTES = 16 << 20
-JOBS_PER_TURN = 5000  # jobs read before pika gets a turn, so confirms and heartbeats keep flowing
+JOBS_PER_READ = 64
+JOBS_PER_TURN = 4096  # jobs read before pika gets a turn, so confirms and heartbeats keep flowing
 TICK = 0.05  # seconds between sweeps for sync deadlines and silent brokers
 DRAIN_QUIET = 0.3  # seconds the pipe must stay empty before a draining worker closes
 STATS_EVERY = 1.0  # seconds between two snapshots in the stats file
@@ -126,8 +127,14 @@ class RabbitMQWorker:
     # ---- jobs --------------------------------------------------------------------
 
     def _on_jobs(self, _unused_fd, _unused_events) -> None:
-        for job in self.jobs.receive(JOBS_PER_TURN):
-            self.handle(job)
+        # Small reads, checking the bounds between them: a batch of big or
+        # widely fanned-out jobs must not overshoot the memory bound.
+        for _ in range(JOBS_PER_TURN // JOBS_PER_READ):
+            jobs = self.jobs.receive(JOBS_PER_READ)
+            for job in jobs:
+                self.handle(job)
+            if len(jobs) < JOBS_PER_READ or self._saturated():
+                break
         for link in self.links.values():
             link.flush()
         if self._saturated():
