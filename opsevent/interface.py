@@ -104,9 +104,8 @@ class Settings:
         Bounds of the worker's reconnect back-off; 0 < min <= max.
     backlog_size (20_000)
         Most events the worker holds unpublished or unconfirmed, all brokers
-        together (it stops reading the queue there, so raises get "queue
-        full"), and per broker while it cannot publish (more are dropped,
-        counted and logged); >= 1.
+        together, whether a broker is slow, blocked or down; there it stops
+        reading the shared queue, so raises get "queue full" at once; >= 1.
     persistent (False)
         Publish with delivery_mode 2, so that messages on durable queues
         survive a broker restart.

@@ -48,11 +48,15 @@ def frontend_main(rank: int, evi, target) -> None:
         target(rank, evi)
     except KeyboardInterrupt:
         log.info("front-end %d interrupted", rank)
+        code = EXIT_OK
     except Exception:
         log.exception("front-end %d crashed", rank)
         code = EXIT_ERROR
     else:
         code = EXIT_OK
+    # The target is done; what is left is handing over its accepted jobs,
+    # which an interrupt would lose.  The supervisor waits while it progresses.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _flush(rank, evi)
     logs.before_child_exit(parent)
     sys.exit(code)

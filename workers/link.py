@@ -99,11 +99,6 @@ class BrokerLink:
         if self.state is READY and not self.blocked:
             self._write(item)
             return
-        if len(self.pending) >= self.settings.backlog_size:
-            self._resolve(item, Status.FAILED,
-                          f"{self.label}: dropped, backlog full ({len(self.pending)} events waiting for the broker)")
-            self.stats["dropped_backlog_full"] += 1
-            return
         if (item.deadline is not None and self.state is IDLE and self.last_error
                 and self._next_try > item.deadline):
             # Backing off past this caller's deadline: say why now, not at the deadline.

@@ -130,10 +130,14 @@ class RabbitMQWorker:
         # Small reads, checking the bounds between them: a batch of big or
         # widely fanned-out jobs must not overshoot the memory bound.
         for _ in range(JOBS_PER_TURN // JOBS_PER_READ):
-            jobs = self.jobs.receive(JOBS_PER_READ)
+            room = self.settings.backlog_size - self.outstanding  # exact for one subscriber per job
+            if room <= 0:
+                break
+            want = min(JOBS_PER_READ, room)
+            jobs = self.jobs.receive(want)
             for job in jobs:
                 self.handle(job)
-            if len(jobs) < JOBS_PER_READ or self._saturated():
+            if len(jobs) < want or self._saturated():
                 break
         for link in self.links.values():
             link.flush()

@@ -99,7 +99,7 @@ class Service:
         ``unroutable``, ...), and ``brokers``: per broker (labelled without
         password) its state, ``pending``, ``inflight``, ``published``,
         ``connects``, ``connection_lost``, ``republished``,
-        ``dropped_backlog_full``, ``dropped_expired``, ``last_error``.
+        ``dropped_expired``, ``last_error``.
         Counters restart with a new worker process.
         """
         try:

@@ -134,6 +134,8 @@ class Supervisor:
 
     def stop_frontends(self) -> None:
         # SIGTERM asks; SIGINT interrupts a target that does not look; SIGKILL ends it.
+        # A front-end whose target is done but which is still handing its jobs
+        # over is waited for as long as the worker keeps taking them.
         for signum, wait in ((signal.SIGTERM, self.stop_grace), (signal.SIGINT, self.stop_grace),
                              (signal.SIGKILL, 5.0)):
             live = [p for p in self.frontends.values() if p.is_alive()]
@@ -143,10 +145,16 @@ class Supervisor:
                 log.warning("%d front-ends still running; sending %s", len(live), signal.Signals(signum).name)
             for process in live:
                 _kill(process.pid, signum)
-            deadline = time.monotonic() + wait
-            for process in live:
-                process.join(max(0.0, deadline - time.monotonic()))
+            self._wait_frontends(live, wait)
         self.reap_frontends()
+
+    def _wait_frontends(self, live, wait: float) -> None:
+        deadline, progress = time.monotonic() + wait, None
+        while any(p.is_alive() for p in live) and time.monotonic() < deadline:
+            multiprocessing.connection.wait([p.sentinel for p in live if p.is_alive()], 0.2)
+            now_progress = self.service.stats().get("jobs")
+            if now_progress != progress:
+                progress, deadline = now_progress, max(deadline, time.monotonic() + wait)
 
     # ---- signals ----------------------------------------------------------------------
 
