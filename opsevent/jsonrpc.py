@@ -51,6 +51,7 @@ from json.encoder import encode_basestring as _quote
 
 from .errors import EventSyntaxError, EventTooLargeError, EventValueTypeError
 from .payload import (
+    _encodable,
     MAX_BODY_SIZE,
     _SPECIAL,
     _as_pair,
@@ -178,14 +179,6 @@ def _explain_unencodable(name: str, keys: list, parts: list):
                 f"{_where(name, index, key)} has a lone surrogate in its "
                 f"{what}; it cannot be sent as UTF-8")
     raise AssertionError("unreachable: the JSON body did not encode")
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 # --- reading -------------------------------------------------------------

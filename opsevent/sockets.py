@@ -88,7 +88,7 @@ from urllib.parse import unquote_to_bytes
 
 from .errors import SocketSyntaxError, SocketTypeError
 # The body formats a socket may ask for; None means the EventInterface's own.
-from .payload import FORMATS
+from .payload import FORMATS, _encodable
 
 __all__ = [
     "DEFAULT_USER",
@@ -532,14 +532,6 @@ def _check_failover(failover: tuple, primary: tuple[str, int], where: str) -> No
                 f"{where}: {_format_host(host)}:{port} is listed twice; each "
                 f"host:port may appear once")
         seen.add((host, port))
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _fail(text: str, problem: str):

@@ -17,17 +17,9 @@ from workers.broker import (
     delete_queue,
     queue_count,
 )
+from helpers import wait_for
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what}: not within {timeout:g} s (last: {value!r})")
-        time.sleep(interval)
 
 
 def publish(broker, bodies, routing_key, exchange="", confirm=True):

@@ -28,6 +28,7 @@ import workers
 from opsevent import Status, encode_event, parse_socket
 from workers.broker import PrivateBroker, _port_accepts, consume, declare_queue, queue_count
 from tcpproxy import TcpProxy
+from helpers import wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
 
@@ -37,16 +38,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # ---- helpers -----------------------------------------------------------------------------------------
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
-    """Poll ``predicate`` until it is true; return its value, or fail saying what and the last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what}: not within {timeout:g} s (last: {value!r})")
-        time.sleep(interval)
 
 
 def link_stats(service, label: str) -> dict:

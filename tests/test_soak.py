@@ -30,6 +30,7 @@ import opsevent
 import workers
 from opsevent import Status, encode_event, parse_socket
 from workers.broker import PrivateBroker, _port_accepts, consume, declare_queue, queue_count
+from helpers import wait_for
 
 FORK = multiprocessing.get_context("fork")
 SOAK_SECONDS = float(os.environ.get("OPSEVENT_SOAK_SECONDS", "600"))
@@ -64,17 +65,6 @@ def rss_bytes(pid: int) -> int:
 
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what}: not within {timeout:g} s (last: {value!r})")
-        time.sleep(interval)
 
 
 def sleep_until(t: float) -> None:
