@@ -25,6 +25,7 @@ import pika.exceptions
 from bench.harness import Gate, Target, Ticker, rate, run_forked, share
 from bench.measure import (
     ProcSampler,
+    Schedule,
     body_of,
     declare_queues,
     delete_queues,
@@ -182,28 +183,17 @@ def _confirmer(rank: int, gate: Gate, broker, q: str, spec: ConfirmSpec) -> None
             if t1 >= deadline:
                 break
     else:
-        clock = time.monotonic_ns
-        hist_sched = new_hist()
-        interval = int(1e9 / spec.rate)
-        first = int(t_start * 1e9)
-        behind = 0
-        for i in range(int(spec.duration * spec.rate)):
-            scheduled = first + i * interval
-            now = clock()
-            if scheduled > now:
-                time.sleep((scheduled - now) / 1e9)
-                now = clock()
-            else:
-                behind = max(behind, now - scheduled)
+        schedule = Schedule(int(t_start * 1e9), int(1e9 / spec.rate), int(spec.duration * spec.rate))
+        for scheduled, now in schedule:
             try:
                 publish("", q, body, PROPERTIES)
                 confirmed += 1
             except (pika.exceptions.NackError, pika.exceptions.UnroutableError):
                 failed += 1
-            t1 = clock()
+            t1 = time.monotonic_ns()
             record(t1 - now or 1)
-            hist_sched.record_value(max(1, t1 - scheduled))
-        extra = {"hist_sched": hist_sched.encode(), "behind_max_ms": round(behind / 1e6, 3)}
+            schedule.done(scheduled, t1)
+        extra = schedule.figures()
     t_end = time.monotonic()
     gate.finish({"rank": rank, "confirmed": confirmed, "failed": failed, "hist": hist.encode(),
                  "t_start": t_start, "t_end": t_end, **extra})

@@ -26,6 +26,7 @@ from bench.measure import (
     WARMUP_EVENT,
     WARMUP_PARAMS,
     ProcSampler,
+    Schedule,
     declare_queues,
     delete_queues,
     merge_encoded,
@@ -308,29 +309,19 @@ def _sync_caller(rank: int, gate: Gate, evi, spec: SyncSpec) -> None:
         extra = {}
     else:
         # Absolute schedule, callers staggered evenly; latency also from the scheduled time.
-        clock = time.monotonic_ns
-        hist_sched = new_hist()
         interval = int(1e9 / spec.rate)
         first = int(t_start * 1e9) + (rank - 1) * interval // spec.callers
-        n = int(spec.duration * spec.rate)
-        behind = 0
-        for i in range(n):
-            scheduled = first + i * interval
-            now = clock()
-            if scheduled > now:
-                time.sleep((scheduled - now) / 1e9)
-                now = clock()
-            else:
-                behind = max(behind, now - scheduled)
+        schedule = Schedule(first, interval, int(spec.duration * spec.rate))
+        for scheduled, now in schedule:
             result = raise_event(EVENT, params)
-            t1 = clock()
+            t1 = time.monotonic_ns()
             record(t1 - now or 1)
-            hist_sched.record_value(max(1, t1 - scheduled))
+            schedule.done(scheduled, t1)
             if _all_confirmed(result, confirmed_status):
                 confirmed += 1
             else:
                 failed.update(d.status.value for d in result.deliveries if d.status is not confirmed_status)
-        extra = {"hist_sched": hist_sched.encode(), "behind_max_ms": round(behind / 1e6, 3)}
+        extra = schedule.figures()
     t_end = time.monotonic()
     gate.finish({"rank": rank, "confirmed": confirmed, "failed": dict(failed), "hist": hist.encode(),
                  "t_start": t_start, "t_end": t_end, **extra})

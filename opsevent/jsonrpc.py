@@ -49,8 +49,9 @@ import json
 from json.decoder import JSONDecodeError, scanstring
 from json.encoder import encode_basestring as _quote
 
-from .errors import EventSyntaxError, EventTooLargeError, EventValueTypeError
+from .errors import EventSyntaxError, EventTooLargeError
 from .payload import (
+    _check_name_given,
     _encodable,
     MAX_BODY_SIZE,
     _SPECIAL,
@@ -97,7 +98,7 @@ def encode_jsonrpc(name: str, params=()) -> bytes:
             pair = _as_pair(name, index, pair)
         key, value = pair
         if key is not None and (type(key) is not str or not key):
-            _check_name(name, index, key)
+            _check_name_given(name, index, key)
         if type(value) is str:
             value = _quote(value)
         elif value is None:
@@ -128,15 +129,6 @@ def encode_jsonrpc(name: str, params=()) -> bytes:
     if len(body) > MAX_BODY_SIZE:
         raise EventTooLargeError(name, len(body), MAX_BODY_SIZE)
     return body
-
-
-def _check_name(name: str, index: int, key) -> None:
-    where = f"parameter name at index {index} of event {name!r}"
-    if not isinstance(key, str):
-        raise EventValueTypeError(
-            f"{where} must be a str or None, not {type(key).__name__}")
-    if not key:
-        raise EventSyntaxError(f"{where} is empty (use None for an unnamed value)")
 
 
 def _json_number(name: str, index: int, key, value) -> str:

@@ -191,13 +191,19 @@ def _where(name: str, index: int, key) -> str:
     return f"parameter {key!r} of event {name!r}"
 
 
-def _check_param_name(name: str, index: int, key) -> None:
+def _check_name_given(name: str, index: int, key) -> str:
+    """What both formats ask of a parameter name: a non-empty str. Returns where it is."""
     where = f"parameter name at index {index} of event {name!r}"
     if not isinstance(key, str):
         raise EventValueTypeError(
             f"{where} must be a str or None, not {type(key).__name__}")
     if not key:
         raise EventSyntaxError(f"{where} is empty (use None for an unnamed value)")
+    return where
+
+
+def _check_param_name(name: str, index: int, key) -> None:
+    where = _check_name_given(name, index, key)
     bad = _BAD_PARAM_NAME.search(key)
     if not bad:
         return

@@ -9,7 +9,7 @@ import time
 import pytest
 
 import opsevent
-from opsevent import Status, encode_event, parse_socket
+from opsevent import encode_event, parse_socket
 from workers.broker import consume, declare_queue, free_port
 from workers.channel import ReplyBox
 from workers.jobqueue import JobQueue
