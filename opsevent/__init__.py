@@ -33,7 +33,7 @@ from .interface import (
 )
 from .payload import MAX_BODY_SIZE, decode_event, encode_event
 from .sockets import RabbitMQSocket, parse_socket
-from .subscriptions import Subscriptions
+from .subscriptions import Subscription, Subscriptions
 
 __all__ = [
     "OpseventError",
@@ -48,6 +48,7 @@ __all__ = [
     "encode_event",
     "decode_event",
     "MAX_BODY_SIZE",
+    "Subscription",
     "Subscriptions",
     "Status",
     "Delivery",

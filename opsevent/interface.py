@@ -227,14 +227,20 @@ class EventInterface:
         transport, self._transport = self._transport, None
         return transport
 
-    def subscribe_event(self, event: str, socket: str | RabbitMQSocket) -> bool:
+    def subscribe_event(self, event: str, socket: str | RabbitMQSocket,
+                        expire: float | None = None) -> bool:
         """Subscribe *socket* (text or parsed) to *event*; False if it already was.
+
+        *expire* (seconds, > 0) makes the subscription end that long from
+        now: the first raise after it no longer sends to the socket, and
+        listings stop showing it. None (the default) never expires.
 
         Subscribing the same subscriber again (see :class:`RabbitMQSocket`
         equality) with another password, ``persistent`` or ``format``
-        replaces the earlier socket, in its place.
+        replaces the earlier socket, in its place, and its expire with the
+        new one (as OpenSIPS's MI ``event_subscribe`` refreshes it).
         """
-        return self.subscriptions.add(event, _as_socket(socket))
+        return self.subscriptions.add(event, _as_socket(socket), expire)
 
     def unsubscribe_event(self, event: str, socket: str | RabbitMQSocket) -> bool:
         """Unsubscribe *socket* from *event*; False if it was not subscribed."""

@@ -29,7 +29,7 @@ def test_the_package_exports_exactly_its_public_names():
         "OpseventError", "SocketSyntaxError", "EventSyntaxError",
         "EventValueTypeError", "EventTooLargeError", "PayloadDecodeError",
         "ConfigError", "RabbitMQSocket", "parse_socket", "encode_event",
-        "decode_event", "MAX_BODY_SIZE", "Subscriptions", "Status", "Delivery",
+        "decode_event", "MAX_BODY_SIZE", "Subscription", "Subscriptions", "Status", "Delivery",
         "RaiseResult", "Settings", "Transport", "EventInterface",
     ])
     assert all(hasattr(opsevent, name) for name in opsevent.__all__)

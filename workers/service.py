@@ -10,6 +10,12 @@ forking the children that raise events, stop it after they are gone::
             pool.map(handle, requests)   # children call evi.raise_event(...)
 
 The ``Supervisor`` uses the same object for its worker.
+
+While it runs, the EventInterface's subscriptions live in shared memory
+(``workers/shared.py``), so a subscription made in any process, before or
+after the fork, is seen by every process's next raise; with a
+``control_path`` it also answers the ``opsevent`` CLI there
+(``workers/control.py``).
 """
 
 from __future__ import annotations
@@ -25,8 +31,11 @@ import time
 
 from workers import logs
 from workers.channel import JobSender
+from workers.commands import Commands
+from workers.control import ControlServer
 from workers.jobqueue import JobQueue
 from workers.rabbitmq import worker_main
+from workers.shared import TABLE_SIZE, SharedSubscriptions
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +48,19 @@ class WorkerCrashLoop(RuntimeError):
 
 
 class Service:
-    def __init__(self, evi, *, install_logging: bool = True):
-        # Pre-fork: configuration only; nothing exists until start().
+    def __init__(self, evi, *, install_logging: bool = True, control_path: str | None = None,
+                 table_size: int = TABLE_SIZE):
+        """``control_path``: where to answer the ``opsevent`` CLI (a unix socket, mode 0600),
+        or None for no control socket.  ``table_size``: bytes of shared memory for the
+        subscription table.  Pre-fork: configuration only; nothing exists until start().
+        """
         self.evi = evi
         self.settings = evi.settings
         self.install_logging = install_logging
+        self.control_path = control_path
+        self.table_size = table_size
+        self.control: ControlServer | None = None
+        self.shared: SharedSubscriptions | None = None
         self.ctx = multiprocessing.get_context("fork")
         self.jobs = None
         self.process = None
@@ -57,6 +74,16 @@ class Service:
     def start(self) -> "Service":
         if self.jobs is not None:
             raise RuntimeError("the RabbitMQ worker service is already started")
+        # First the two things that may refuse (a table too big, a control
+        # path in use), before anything is started.
+        shared = SharedSubscriptions.create(self.ctx, self.evi.subscriptions, self.table_size)
+        if self.control_path is not None:
+            try:
+                self.control = ControlServer(self.control_path, Commands(self.evi, self.stats)).open()
+            except BaseException:
+                shared.close()
+                raise
+        self.shared = self.evi.subscriptions = shared
         if self.install_logging:
             self._logging_installed = logs.install()
         self._owner_pid = os.getpid()
@@ -65,6 +92,8 @@ class Service:
         self.stats_path = os.path.join(self._stats_dir, "worker.json")
         self.evi.attach(JobSender(self.jobs))
         self.spawn_worker()
+        if self.control is not None:
+            self.control.start()
         return self
 
     def spawn_worker(self) -> None:
@@ -99,7 +128,9 @@ class Service:
         ``unroutable``, ...), and ``brokers``: per broker (labelled without
         password) its state, ``pending``, ``inflight``, ``published``,
         ``connects``, ``connection_lost``, ``republished``,
-        ``dropped_expired``, ``last_error``.
+        ``dropped_expired``, ``last_error``; with a worker that counts them,
+        also ``subscriptions`` (per event and masked socket) and
+        ``queue_depth``.  ``{}`` until the worker's first snapshot.
         Counters restart with a new worker process.
         """
         try:
@@ -112,6 +143,9 @@ class Service:
         """Drain and stop the worker: bounded by the drain timeout plus a grace period."""
         if self.jobs is None or os.getpid() != self._owner_pid:
             return
+        if self.control is not None:
+            self.control.stop()
+            self.control = None
         try:
             if self.process is not None and self.process.is_alive():
                 os.kill(self.process.pid, signal.SIGTERM)
@@ -122,6 +156,10 @@ class Service:
                     self.process.join(5.0)
         finally:
             self.evi.detach()
+            # What was subscribed at runtime stays, in a table of this process's own.
+            self.evi.subscriptions = self.shared.detached()
+            self.shared.close()
+            self.shared = None
             self.jobs.close()
             self.jobs = None
             self.final_stats = self.stats()

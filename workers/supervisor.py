@@ -27,12 +27,15 @@ log = logging.getLogger(__name__)
 
 class Supervisor:
     def __init__(self, evi, target, processes: int = 4, *, restart: str = "on-failure",
-                 stop_grace: float = 3.0, install_logging: bool = True):
+                 stop_grace: float = 3.0, install_logging: bool = True,
+                 control_path: str | None = None):
         """``restart`` says what happens when a front-end exits before a stop:
         ``"on-failure"`` (default) starts a new one if it crashed (non-zero exit),
         ``"always"`` also when it returned, ``"never"`` leaves it gone.  A rank
         that crashes ``CRASH_LIMIT`` times within ``CRASH_WINDOW`` s is not
-        restarted again.  Called pre-fork: configuration only.
+        restarted again.  ``control_path``: a unix socket (mode 0600) where the
+        ``opsevent`` CLI manages subscriptions and reads stats while it runs.
+        Called pre-fork: configuration only.
         """
         if not callable(target):
             raise TypeError(f"target must be callable as target(rank, evi), got {target!r}")
@@ -46,7 +49,7 @@ class Supervisor:
         self.target = target
         self.processes = processes
         self.stop_grace = stop_grace
-        self.service = Service(evi, install_logging=install_logging)
+        self.service = Service(evi, install_logging=install_logging, control_path=control_path)
         self.frontends: dict[int, multiprocessing.Process] = {}
         self.exit_codes: dict[int, int] = {}
         self.stopping = False
@@ -85,6 +88,10 @@ class Supervisor:
         if not self.stopping:
             self.service.check_worker()
         return bool(self.frontends) and not self.stopping
+
+    def stats(self) -> dict:
+        """The RabbitMQ worker's latest counters; see ``Service.stats()``."""
+        return self.service.stats()
 
     def handle_signal(self, signum: int) -> None:
         log.info("%s received: stopping", signal.Signals(signum).name)

@@ -1,0 +1,254 @@
+"""``opsevent``: manage a running Supervisor (or ``workers.serve``) through its control socket.
+
+Usage::
+
+    opsevent [--socket PATH] [--json] COMMAND ...
+    opsevent subscribe EVENT SOCKET [EXPIRE]    # EXPIRE in seconds; none: never expires
+    opsevent unsubscribe EVENT SOCKET
+    opsevent events
+    opsevent subscribers [EVENT]
+    opsevent raise EVENT [PARAM ...]
+    opsevent stats
+
+``--socket`` defaults to ``$OPSEVENT_CONTROL``. A raise ``PARAM`` is
+``name=value`` (a string), ``name:=123`` (an integer), or an unnamed value:
+``value`` (a string without ``=``), ``=value`` (any string), ``:=123`` (an
+integer). Values are strings unless ``:=`` says otherwise, so ``zip=01234``
+stays ``"01234"``.
+
+Output: aligned tables for people, ``--json`` for scripts (the service's
+``result`` as it came). Exit codes: 0 done, 1 the operation failed (the
+service refused it, no service at that path, or a raise not delivered to
+every subscriber: the statuses are shown), 2 a usage error. Sockets are
+always shown with the password masked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+
+from opsevent import OpseventError
+from opsevent.subscriptions import check_expire
+from workers.control import ControlError, request
+
+ENV_SOCKET = "OPSEVENT_CONTROL"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+_INT = re.compile(r"[+-]?[0-9]+")
+
+
+class UsageError(ValueError):
+    """A bad command line; argparse's exit code 2."""
+
+
+def parse_param(text: str) -> tuple[str | None, str | int]:
+    """One raise PARAM as ``(name, value)``; see the module docstring for the forms."""
+    if "=" not in text:
+        return None, text
+    name, value = text.split("=", 1)
+    if name.endswith(":"):
+        name = name[:-1]
+        if not _INT.fullmatch(value):
+            raise UsageError(f"{text!r}: ':=' takes an integer, not {value!r} (use '=' for a string)")
+        value = int(value)
+    return name or None, value
+
+
+def parse_expire(text: str) -> int | float:
+    try:
+        value = int(text) if _INT.fullmatch(text) else float(text)
+        check_expire(value)
+    except (ValueError, OpseventError):
+        raise UsageError(f"EXPIRE must be a number of seconds > 0, not {text!r} "
+                         f"(leave it out for a subscription that never expires)") from None
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: given before or after the command, the option is kept.
+    common.add_argument("--socket", metavar="PATH", default=argparse.SUPPRESS,
+                        help=f"the service's control socket (default: ${ENV_SOCKET})")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print the result as JSON")
+    common.add_argument("--timeout", type=float, metavar="SECONDS", default=argparse.SUPPRESS,
+                        help="how long to wait for the service's reply (default 10)")
+    parser = argparse.ArgumentParser(
+        prog="opsevent", parents=[common],
+        description="Manage the event subscriptions of a running opsevent service.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = commands.add_parser("subscribe", parents=[common], help="subscribe SOCKET to EVENT")
+    sub.add_argument("event", metavar="EVENT")
+    sub.add_argument("socket_text", metavar="SOCKET", help="rabbitmq:[user[:password]@]host[:port]/...")
+    sub.add_argument("expire", metavar="EXPIRE", nargs="?", help="seconds (> 0); none: never expires")
+    sub = commands.add_parser("unsubscribe", parents=[common], help="unsubscribe SOCKET from EVENT")
+    sub.add_argument("event", metavar="EVENT")
+    sub.add_argument("socket_text", metavar="SOCKET")
+    commands.add_parser("events", parents=[common], help="the events that have subscribers")
+    sub = commands.add_parser("subscribers", parents=[common], help="the subscribers (of EVENT)")
+    sub.add_argument("event", metavar="EVENT", nargs="?")
+    sub = commands.add_parser("raise", parents=[common], help="raise EVENT with PARAMs")
+    sub.add_argument("event", metavar="EVENT")
+    sub.add_argument("params", metavar="PARAM", nargs="*",
+                     help="name=string, name:=integer, or an unnamed value (value, =value, :=integer)")
+    commands.add_parser("stats", parents=[common], help="the RabbitMQ worker's counters")
+    return parser
+
+
+def build_request(args) -> dict:
+    """The control request for parsed *args*; UsageError for what argparse cannot check."""
+    if args.command == "subscribe":
+        message = {"cmd": "subscribe", "event": args.event, "socket": args.socket_text}
+        if args.expire is not None:
+            message["expire"] = parse_expire(args.expire)
+        return message
+    if args.command == "unsubscribe":
+        return {"cmd": "unsubscribe", "event": args.event, "socket": args.socket_text}
+    if args.command == "subscribers" and args.event is not None:
+        return {"cmd": "subscribers", "event": args.event}
+    if args.command == "raise":
+        return {"cmd": "raise", "event": args.event, "params": [list(parse_param(p)) for p in args.params]}
+    return {"cmd": args.command}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    path = getattr(args, "socket", None) or os.environ.get(ENV_SOCKET)
+    try:
+        if not path:
+            raise UsageError(f"no control socket: give --socket PATH or set {ENV_SOCKET}")
+        message = build_request(args)
+    except UsageError as exc:
+        parser.print_usage(sys.stderr)
+        print(f"opsevent: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        result = request(path, message, timeout=getattr(args, "timeout", 10.0))
+    except ControlError as exc:
+        print(f"opsevent: {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if getattr(args, "json", False):
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    else:
+        print(RENDER[args.command](result))
+    failed = args.command == "raise" and not result["delivered"]
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+# ---- human-readable output ------------------------------------------------------------
+
+def table(headers: list[str], rows: list[list]) -> str:
+    """Aligned columns: numbers right, text left; None as '-'."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    numeric = [all(isinstance(row[i], (int, float)) and not isinstance(row[i], bool) for row in rows)
+               for i in range(len(headers))]
+    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
+
+    def line(values):
+        return "  ".join(v.rjust(w) if num else v.ljust(w)
+                         for v, w, num in zip(values, widths, numeric)).rstrip()
+
+    return "\n".join([line(headers)] + [line(row) for row in cells])
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    return str(value)
+
+
+def _seconds(value) -> str:
+    return "never" if value is None else f"{value:g} s"
+
+
+def render_subscribe(result: dict) -> str:
+    verb = "subscribed" if result["new"] else "re-subscribed"
+    until = "never expires" if result["expire"] is None else f"expires in {result['expire']:g} s"
+    return f"{verb} {result['socket']} to {result['event']} ({until})"
+
+
+def render_unsubscribe(result: dict) -> str:
+    return f"unsubscribed {result['socket']} from {result['event']}"
+
+
+def render_events(result: list) -> str:
+    if not result:
+        return "no event has subscribers"
+    return table(["EVENT", "SUBSCRIBERS"], [[e["event"], e["subscribers"]] for e in result])
+
+
+def render_subscribers(result: list) -> str:
+    if not result:
+        return "no subscribers"
+    return table(["EVENT", "SOCKET", "EXPIRE", "TTL"],
+                 [[s["event"], s["socket"], _seconds(s["expire"]),
+                   "-" if s["ttl"] is None else f"{s['ttl']:g} s"] for s in result])
+
+
+def render_raise(result: dict) -> str:
+    deliveries = result["deliveries"]
+    ok = sum(d["status"] in ("queued", "confirmed") for d in deliveries)
+    head = (f"{result['event']} raised: {ok} of {len(deliveries)} subscribers ok"
+            + ("" if result["delivered"] else "; NOT delivered to every subscriber"))
+    rows = [[d["socket"], d["status"], d["reason"] or "-"] for d in deliveries]
+    return head + "\n" + table(["SOCKET", "STATUS", "REASON"], rows)
+
+
+# Column order for the stats tables; keys not listed follow, sorted, and last_error ends a row.
+BROKER_ORDER = ["state", "blocked", "pending", "inflight", "published", "confirmed", "nacked",
+                "returned", "unroutable", "failed", "connects", "connection_lost", "republished",
+                "dropped_expired"]
+SUBSCRIPTION_ORDER = ["raised", "queued", "published", "confirmed", "nacked", "unroutable", "failed",
+                      "dropped_queue_full", "dropped_backlog", "dropped_expired", "too_large"]
+TOTALS_ORDER = ["jobs", "outstanding", "queue_depth", "queued", "confirmed", "nacked", "unroutable",
+                "failed", "timeout", "too large", "queue full"]
+_NOT_TOTALS = {"pid", "time", "brokers", "subscriptions"}
+
+
+def _columns(rows: list[dict], preferred: list[str], skip: set[str]) -> list[str]:
+    present = {k for row in rows for k in row} - skip
+    rest = sorted(present - set(preferred) - {"last_error"})
+    tail = ["last_error"] if "last_error" in present else []
+    return [k for k in preferred if k in present] + rest + tail
+
+
+def render_stats(stats: dict) -> str:
+    if not stats:
+        return "no statistics yet: the RabbitMQ worker writes them every second"
+    parts = []
+    if "pid" in stats:
+        age = f", {time.time() - stats['time']:.1f} s old" if "time" in stats else ""
+        parts.append(f"RabbitMQ worker pid {stats['pid']}{age}")
+    totals = {k: v for k, v in stats.items() if k not in _NOT_TOTALS}
+    keys = _columns([totals], TOTALS_ORDER, set())
+    parts.append("totals\n" + table(["COUNTER", "VALUE"], [[k, totals[k]] for k in keys]))
+    brokers = stats.get("brokers") or {}
+    if brokers:
+        columns = _columns(list(brokers.values()), BROKER_ORDER, set())
+        rows = [[label] + [b.get(c) for c in columns] for label, b in brokers.items()]
+        parts.append("brokers\n" + table(["BROKER"] + [c.upper() for c in columns], rows))
+    subscriptions = stats.get("subscriptions") or []
+    if subscriptions:
+        columns = _columns(subscriptions, SUBSCRIPTION_ORDER, {"event", "socket"})
+        rows = [[s.get("event"), s.get("socket")] + [s.get(c) for c in columns] for s in subscriptions]
+        parts.append("subscriptions\n" + table(["EVENT", "SOCKET"] + [c.upper() for c in columns], rows))
+    return "\n\n".join(parts)
+
+
+RENDER = {"subscribe": render_subscribe, "unsubscribe": render_unsubscribe, "events": render_events,
+          "subscribers": render_subscribers, "raise": render_raise, "stats": render_stats}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
