@@ -82,6 +82,8 @@ def test_tables_align_text_left_and_numbers_right():
         "E_LONG_NAME       5",
         "E_X          12,345",
     ]
+    # A missing value ('-') does not turn a column of numbers into text.
+    assert table(["B", "N"], [["a", None], ["b", 10]]).splitlines() == ["B   N", "a   -", "b  10"]
 
 
 STATS = {

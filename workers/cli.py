@@ -145,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
 def table(headers: list[str], rows: list[list]) -> str:
     """Aligned columns: numbers right, text left; None as '-'."""
     cells = [[_cell(v) for v in row] for row in rows]
-    numeric = [all(isinstance(row[i], (int, float)) and not isinstance(row[i], bool) for row in rows)
-               for i in range(len(headers))]
+    numeric = [_numeric([row[i] for row in rows]) for i in range(len(headers))]
     widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
 
     def line(values):
@@ -154,6 +153,11 @@ def table(headers: list[str], rows: list[list]) -> str:
                          for v, w, num in zip(values, widths, numeric)).rstrip()
 
     return "\n".join([line(headers)] + [line(row) for row in cells])
+
+
+def _numeric(column: list) -> bool:
+    present = [v for v in column if v is not None]
+    return bool(present) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present)
 
 
 def _cell(value) -> str:
