@@ -57,6 +57,8 @@ def test_a_bad_expire_is_a_usage_error(text):
     (["--socket", "/x", "frob"], "invalid choice: 'frob'"),
     (["--socket", "/x", "subscribe", "E_X"], "the following arguments are required: SOCKET"),
     (["--socket", "/x", "unsubscribe", "E_X", "rabbitmq:h/k", "extra"], "unrecognized arguments: extra"),
+    (["--socket", "/x", "--timeout", "0", "events"], "a number of seconds > 0, not '0'"),
+    (["--socket", "/x", "events", "--timeout", "soon"], "a number of seconds > 0, not 'soon'"),
 ])
 def test_a_usage_error_exits_2_saying_what_was_wrong(args, message, capsys, monkeypatch):
     monkeypatch.delenv("OPSEVENT_CONTROL", raising=False)

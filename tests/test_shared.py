@@ -62,6 +62,15 @@ def test_a_subscription_made_in_the_parent_after_the_fork_is_seen_by_the_child(t
     process.join(10)
 
 
+def test_listings_show_what_another_process_wrote(table):
+    table.add("E_X", QUEUE)
+    assert table.get("E_X") == (QUEUE,)
+    assert in_child(lambda: table.add("E_Y", PIKE, expire=60)) == 0
+    assert table.events() == ("E_X", "E_Y")
+    assert [s.event for s in table.entries()] == ["E_X", "E_Y"]
+    assert [s.event for s in table.detached().entries()] == ["E_X", "E_Y"]
+
+
 def test_writes_from_two_processes_both_survive(table):
     assert in_child(lambda: table.add("E_X", PIKE)) == 0
     table.add("E_X", QUEUE)

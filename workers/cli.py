@@ -68,6 +68,16 @@ def parse_expire(text: str) -> int | float:
     return value
 
 
+def _seconds_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"a number of seconds > 0, not {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: given before or after the command, the option is kept.
@@ -75,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"the service's control socket (default: ${ENV_SOCKET})")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print the result as JSON")
-    common.add_argument("--timeout", type=float, metavar="SECONDS", default=argparse.SUPPRESS,
+    common.add_argument("--timeout", type=_seconds_arg, metavar="SECONDS", default=argparse.SUPPRESS,
                         help="how long to wait for the service's reply (default 10)")
     parser = argparse.ArgumentParser(
         prog="opsevent", parents=[common],

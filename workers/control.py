@@ -91,11 +91,12 @@ def _check_free(path: str) -> None:
     if not stat.S_ISSOCK(mode):
         raise ControlError(f"control socket path {path} exists and is not a socket; not replacing it")
     try:
-        reply = request(path, {"cmd": "ping"}, timeout=2.0)
+        reply = exchange(path, {"cmd": "ping"}, timeout=2.0)
     except ControlError:
-        return  # stale: nobody accepts there
+        return  # stale: nobody answers there
+    pid = (reply.get("result") or {}).get("pid", "?") if reply.get("ok") else "?"
     raise ControlError(f"control socket {path} is in use by a running service (pid "
-                       f"{reply.get('pid', '?')}); stop it or choose another path")
+                       f"{pid}); stop it or choose another path")
 
 
 def _remove(path: str) -> None:
@@ -146,7 +147,7 @@ class ControlServer:
         self._thread = threading.Thread(target=self._run, name="opsevent-control", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 2.0) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
         """Stop serving, close every socket and remove the path (if it is still ours)."""
         self._stop.set()
         if self._thread is not None:

@@ -86,6 +86,12 @@ class SharedSubscriptions(Subscriptions):
             self._expire()
         return self._table.get(event, ())
 
+    def _expire_due(self) -> None:
+        # Before every listing (events, items, entries): the latest table first.
+        if self._generation[0] != self._loaded:
+            self._reload()
+        super()._expire_due()
+
     def detached(self) -> Subscriptions:
         """A process-local copy of the current table (what a stopped service leaves behind)."""
         self._expire_due()
