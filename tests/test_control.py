@@ -115,15 +115,15 @@ def test_a_request_over_the_size_limit_gets_an_error_and_the_connection_closes(t
 
 
 def test_a_stuck_client_neither_blocks_others_nor_stays_connected(tmp_path, monkeypatch):
-    monkeypatch.setattr(control, "CONNECTION_TIME", 0.5)
+    monkeypatch.setattr(control, "CONNECTION_TIME", 2.0)
     path = tmp_path / "ctl"
     with serving(quiet_server(path)), socket.socket(socket.AF_UNIX) as stuck:
         stuck.connect(str(path))
         stuck.sendall(b'{"cmd": "ev')  # and never the rest
         started = time.monotonic()
         assert request(str(path), {"cmd": "events"}, timeout=2) == []
-        assert time.monotonic() - started < 0.4
-        stuck.settimeout(3)
+        assert time.monotonic() - started < 1.5  # answered before the stuck one's time ran out
+        stuck.settimeout(5)
         assert stuck.recv(100) == b""  # closed by the server after CONNECTION_TIME
 
 
