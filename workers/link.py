@@ -51,6 +51,7 @@ from pika.adapters.utils.connection_workflow import (AMQPConnectionWorkflowFaile
 from opsevent import Status
 from workers import tls
 from workers.amqp import Publisher
+from workers.failback import PrimaryProbe
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +108,8 @@ class BrokerLink:
         self._index = 0  # the endpoint connected to, or tried next
         self._ready_on = None  # the endpoint of the last working connection
         self._round = []  # "host:port: why" of each failed host since the last working connection
-        self._probe = None  # a connection to the primary, opened only to see that it is back
-        self._probe_timer = None
+        self._probe = PrimaryProbe(ioloop, settings.failback_interval, lambda: self._parameters(0),
+                                   self._off_primary, self._on_primary_back, label)
         self._switch_deadline = 0.0
 
     # ---- items -------------------------------------------------------------
@@ -314,48 +315,20 @@ class BrokerLink:
                 self.stats["failovers"] += 1
                 log.warning("%s: failed over to host %d (%s); trying the primary again every %g s",
                             self.label, self._index + 1, where, self.settings.failback_interval)
-            self._schedule_probe()
+            self._probe.start()
         elif previous not in (None, 0):
             self.stats["failbacks"] += 1
             log.info("%s: back on the primary host (%s)", self.label, where)
 
-    def _schedule_probe(self) -> None:
-        if self._probe_timer is None:
-            self._probe_timer = self.ioloop.call_later(self.settings.failback_interval, self._probe_primary)
+    def _off_primary(self) -> bool:
+        return self.state is READY and self._index != 0
 
-    def _probe_primary(self) -> None:
-        self._probe_timer = None
-        if self.state is not READY or self._index == 0:
-            return  # reconnecting: the rotation reaches the primary anyway
-        if self._probe is not None:  # the last probe is still closing
-            self._schedule_probe()
-            return
-        try:
-            params = self._parameters(0)
-        except tls.TLSSetupError:
-            self._schedule_probe()
-            return
-        self._probe = pika.SelectConnection(
-            params, on_open_callback=self._on_probe_open, on_open_error_callback=self._on_probe_error,
-            on_close_callback=self._on_probe_closed, custom_ioloop=self.ioloop)
-
-    def _on_probe_open(self, conn) -> None:
-        conn.close()
-        if self.state is READY and self._index != 0:
-            # Stop writing here; the sweep closes once the broker has confirmed
-            # what is in flight, so the primary gets no duplicates.
-            self.flush()
-            self.state = SWITCHING
-            self._switch_deadline = time.monotonic() + self.settings.connect_timeout
-
-    def _on_probe_error(self, _unused_conn, error) -> None:
-        self._probe = None
-        log.debug("%s: the primary is still unreachable: %s", self.label, _describe(error))
-        if self.state is READY:
-            self._schedule_probe()
-
-    def _on_probe_closed(self, _unused_conn, _unused_error) -> None:
-        self._probe = None
+    def _on_primary_back(self) -> None:
+        # Stop writing here; the sweep closes once the broker has confirmed
+        # what is in flight, so the primary gets no duplicates.
+        self.flush()
+        self.state = SWITCHING
+        self._switch_deadline = time.monotonic() + self.settings.connect_timeout
 
     def _switch_to_primary(self) -> None:
         self.state = IDLE
@@ -442,9 +415,18 @@ class BrokerLink:
             self._expire_backlog(now)
         if self.settings.heartbeat:
             self._notice_silence(now, self.settings.heartbeat)
-        if self.state is SWITCHING and (not self.inflight or now >= self._switch_deadline):
-            if self._conn.is_open:
-                self._conn.close()
+        if self.state is SWITCHING:
+            self._finish_switch(now)
+
+    def _finish_switch(self, now: float) -> None:
+        """Close the failover host's connection once its publishes are confirmed, or the wait is over."""
+        if self.inflight and now < self._switch_deadline:
+            return
+        if self._conn.is_open:
+            self._conn.close()
+        elif now >= self._switch_deadline + self.settings.connect_timeout and not self._conn.is_closed:
+            # No close-ok from a silent broker: drop the connection (what is in flight is requeued).
+            self._conn._terminate_stream(exceptions.StreamLostError("no close-ok while switching to the primary"))
 
     def _expire_sync(self, now: float) -> None:
         for items in (self.pending, self.inflight.values()):
@@ -488,7 +470,7 @@ class BrokerLink:
         if self._retry_timer is not None:
             self.ioloop.remove_timeout(self._retry_timer)
             self._retry_timer = None
-        self._stop_probing()
+        self._probe.stop()
         if self._conn is not None and self._conn.is_open:
             self.state = CLOSING
             self._conn.close()
@@ -504,16 +486,6 @@ class BrokerLink:
         """Drop the connection without a close handshake (a frozen broker)."""
         if self._conn is not None and self.state is CLOSING and not self._conn.is_closed:
             self._conn._terminate_stream(exceptions.StreamLostError(why))
-
-    def _stop_probing(self) -> None:
-        if self._probe_timer is not None:
-            self.ioloop.remove_timeout(self._probe_timer)
-            self._probe_timer = None
-        if self._probe is not None and not self._probe.is_closed and not self._probe.is_closing:
-            if self._probe.is_open:
-                self._probe.close()
-            else:
-                self._probe._terminate_stream(exceptions.StreamLostError("shutdown while probing"))
 
     @property
     def closed(self) -> bool:
