@@ -18,6 +18,7 @@ one :class:`Delivery`, and its :class:`Status`, per subscriber.
 
 import enum
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Protocol
@@ -116,6 +117,22 @@ class Settings:
         The body format of subscribers whose socket has no ``format=``:
         ``"lines"`` (the guide's line format) or ``"json"`` (the JSON-RPC
         notification of OpenSIPS 3.1.1+); see :mod:`opsevent.payload`.
+    tls_ca_file (None)
+        PEM file of the CA(s) that sign the brokers' certificates. Sockets
+        with ``tls`` need it: without it the worker fails their events
+        rather than connect unverified. The system's CAs are not used.
+    tls_cert_file (None), tls_key_file (None)
+        PEM client certificate and its private key, for brokers that ask
+        for one; both or neither (the same path twice if one file holds
+        both). The worker reads all three files when it connects; a file it
+        cannot read fails the events with a reason naming the file.
+    tls_verify_hostname (True)
+        Check that the broker's certificate names the host of the socket.
+        False still verifies the chain against ``tls_ca_file``.
+    failback_interval (5.0)
+        While a socket with failover hosts is on one of them, how often the
+        worker tries the primary host again, and returns to it once it
+        accepts an AMQP connection; > 0.
     """
 
     heartbeat: int = 0
@@ -130,6 +147,11 @@ class Settings:
     backlog_age: float = 60.0
     persistent: bool = False
     format: str = "lines"
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_verify_hostname: bool = True
+    failback_interval: float = 5.0
 
     def __post_init__(self) -> None:
         _check_int(self, "heartbeat", 0, 65535)
@@ -145,13 +167,14 @@ class Settings:
             raise ConfigError(f"format must be one of "
                               f"{', '.join(map(repr, FORMATS))}, not {self.format!r}")
         for name in ("sync_timeout", "connect_timeout", "reconnect_min",
-                     "reconnect_max", "backlog_age"):
+                     "reconnect_max", "backlog_age", "failback_interval"):
             _check_seconds(self, name, positive=True)
         _check_seconds(self, "drain_timeout", positive=False)
         if self.reconnect_max < self.reconnect_min:
             raise ConfigError(
                 f"reconnect_max ({self.reconnect_max}) is less than "
                 f"reconnect_min ({self.reconnect_min})")
+        _check_tls(self)
 
 
 _SETTING_NAMES = frozenset(f.name for f in fields(Settings))
@@ -165,6 +188,33 @@ def _check_int(settings: Settings, name: str, low: int, high: int | None) -> Non
             f"{name} must be an int ({span}), not {type(value).__name__} {value!r}")
     if value < low or (high is not None and value > high):
         raise ConfigError(f"{name} must be {span}, not {value}")
+
+
+def _check_tls(settings: Settings) -> None:
+    # Only types and combinations here: the files are read by the worker,
+    # which may run where the paths mean something else (a chroot, a mount).
+    for name in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if not isinstance(value, (str, os.PathLike)):
+            raise ConfigError(f"{name} must be a path (str) or None, not "
+                              f"{type(value).__name__} {value!r}")
+        path = os.fspath(value)
+        if not isinstance(path, str) or not path or "\0" in path:
+            raise ConfigError(f"{name} must be a non-empty path without NUL, "
+                              f"not {path!r}")
+        object.__setattr__(settings, name, path)
+    if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
+        given, missing = (("tls_cert_file", "tls_key_file")
+                          if settings.tls_key_file is None
+                          else ("tls_key_file", "tls_cert_file"))
+        raise ConfigError(f"{given} is set but {missing} is not: a client "
+                          f"certificate needs its key (give the same path "
+                          f"twice if one file holds both)")
+    if type(settings.tls_verify_hostname) is not bool:
+        raise ConfigError(f"tls_verify_hostname must be a bool, not "
+                          f"{settings.tls_verify_hostname!r}")
 
 
 def _check_seconds(settings: Settings, name: str, positive: bool) -> None:

@@ -12,6 +12,7 @@ import pytest
 from workers.broker import (
     CONNECT_ERRORS,
     PrivateBroker,
+    RunningBroker,
     consume,
     declare_queue,
     delete_queue,
@@ -201,3 +202,15 @@ def test_a_private_broker_starts_on_loopback_and_stops_leaving_nothing_behind():
     with pytest.raises(FileNotFoundError):
         open(f"/proc/{pid}/stat").close()
     b.stop()  # idempotent
+
+
+def test_a_tls_socket_is_refused_for_a_broker_without_a_tls_listener():
+    with pytest.raises(ValueError, match="has no TLS listener"):
+        RunningBroker("127.0.0.1", 1, "n@localhost").socket("q", tls=True)
+
+
+def test_a_tls_socket_names_the_tls_port_and_the_tls_flag_before_the_routing_key():
+    b = RunningBroker("127.0.0.1", 1, "n@localhost")
+    b.tls_port = 2
+    assert b.socket("a/b", tls=True) == "rabbitmq:127.0.0.1:2/tls;?a%2Fb"
+    assert b.socket("k", exchange="x", tls=True) == "rabbitmq:127.0.0.1:2/tls;exchange=x?k"

@@ -1,5 +1,7 @@
 """EventInterface: raising through a fake transport, results, settings."""
 
+import pathlib
+
 import pytest
 
 from opsevent import (
@@ -231,6 +233,14 @@ def test_settings_defaults_are_the_documented_ones():
     ({"reconnect_min": 0}, "reconnect_min must be a finite number of seconds > 0"),
     ({"reconnect_min": 2.0, "reconnect_max": 1.0},
      "reconnect_max (1.0) is less than reconnect_min (2.0)"),
+    ({"failback_interval": 0}, "failback_interval must be a finite number of seconds > 0, not 0"),
+    ({"failback_interval": "5"}, "failback_interval must be a number of seconds (> 0), not str '5'"),
+    ({"tls_ca_file": 5}, "tls_ca_file must be a path (str) or None, not int 5"),
+    ({"tls_ca_file": ""}, "tls_ca_file must be a non-empty path without NUL, not ''"),
+    ({"tls_ca_file": b"ca.pem"}, "tls_ca_file must be a path (str) or None, not bytes"),
+    ({"tls_cert_file": "c.pem"}, "tls_cert_file is set but tls_key_file is not: a client certificate needs its key"),
+    ({"tls_key_file": "k.pem"}, "tls_key_file is set but tls_cert_file is not"),
+    ({"tls_verify_hostname": 1}, "tls_verify_hostname must be a bool, not 1"),
 ])
 def test_a_bad_setting_is_refused_naming_the_parameter_and_value(kwargs, message):
     with pytest.raises(ConfigError) as caught:
@@ -239,6 +249,17 @@ def test_a_bad_setting_is_refused_naming_the_parameter_and_value(kwargs, message
     assert isinstance(caught.value, ValueError)
     with pytest.raises(ConfigError):
         EventInterface(**kwargs)
+
+
+def test_the_tls_and_failback_settings_default_to_no_files_verified_hostnames_and_five_seconds():
+    s = Settings()
+    assert (s.tls_ca_file, s.tls_cert_file, s.tls_key_file) == (None, None, None)
+    assert s.tls_verify_hostname is True and s.failback_interval == 5.0
+
+
+def test_tls_file_settings_take_path_objects_and_keep_them_as_text():
+    s = Settings(tls_ca_file=pathlib.Path("/etc/ca.pem"), tls_cert_file="c.pem", tls_key_file="c.pem")
+    assert (s.tls_ca_file, s.tls_cert_file, s.tls_key_file) == ("/etc/ca.pem", "c.pem", "c.pem")
 
 
 def test_an_unknown_setting_is_refused_by_name():

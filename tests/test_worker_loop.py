@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import socket
 import time
 
 import pytest
@@ -80,10 +81,40 @@ def test_an_async_event_older_than_the_backlog_age_is_dropped_not_flushed_late(q
         jobs.close()
 
 
-@pytest.mark.parametrize("text", ["rabbitmq:127.0.0.1/tls;?q", "rabbitmq:127.0.0.1,127.0.0.2/q"])
-def test_a_socket_feature_the_worker_does_not_carry_out_yet_fails_with_a_clear_reason(worker, text):
+def test_a_failover_socket_whose_primary_refuses_connections_publishes_on_the_next_host_at_once(
+        broker, queue_name, worker):
+    declare_queue(broker, queue_name)
     box = ReplyBox()
-    worker.handle(sync_job(box, 3, [parse_socket(text)], b"E\n"))
-    ((status, reason),) = box.wait(3, time.monotonic() + 2)
-    assert status == "failed" and "not supported by this worker yet" in reason
-    assert not worker.links and worker.outstanding == 0
+    sock = parse_socket(f"rabbitmq:127.0.0.1:{free_port()},{broker.host}:{broker.port}/{queue_name}")
+    worker.handle(sync_job(box, 4, [sock], b"E_FAILOVER\n"))
+    turn_until(worker, lambda: worker.stats["confirmed"] == 1, timeout=5)
+    assert box.wait(4, time.monotonic() + 2) == (("confirmed", ""),)
+    snapshot = worker.links[sock.broker].snapshot()
+    assert snapshot["endpoint"] == f"{broker.host}:{broker.port}" and snapshot["failovers"] == 1
+    assert consume(broker, queue_name, 1, timeout=5) == [b"E_FAILOVER\n"]
+
+
+def test_a_sync_raise_fails_only_once_every_host_of_the_list_has_failed_naming_each_one(worker):
+    box = ReplyBox()
+    ports = free_port(), free_port()
+    sock = parse_socket(f"rabbitmq:127.0.0.1:{ports[0]},127.0.0.1:{ports[1]}/q")
+    worker.handle(sync_job(box, 5, [sock], b"E\n"))
+    turn_until(worker, lambda: worker.stats["failed"] == 1, timeout=5)
+    ((status, reason),) = box.wait(5, time.monotonic() + 2)
+    assert status == "failed" and reason.startswith(f"cannot connect to any host of {sock.broker_label}: ")
+    for port in ports:
+        assert f"127.0.0.1:{port}: TCP connect failed: Connection refused" in reason
+    assert worker.links[sock.broker].snapshot()["failovers"] == 0
+
+
+def test_a_tls_socket_without_a_ca_file_fails_with_that_reason_and_never_connects(worker):
+    box = ReplyBox()
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # would accept, were the worker to connect
+        listener.settimeout(0)
+        worker.handle(sync_job(box, 6, [parse_socket(f"rabbitmq:127.0.0.1:{listener.getsockname()[1]}/tls;?q")],
+                               b"E\n"))
+        turn_until(worker, lambda: worker.stats["failed"] == 1, timeout=5)
+        ((status, reason),) = box.wait(6, time.monotonic() + 2)
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+    assert status == "failed" and "the tls_ca_file setting is not set" in reason

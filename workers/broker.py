@@ -48,6 +48,12 @@ Environment given to ``rabbitmq-server`` (and to ``rabbitmqctl``):
     paths in the temporary folder that do not exist (the first one without
     extension, as RabbitMQ wants it): the broker runs on defaults and ignores
     whatever ``/etc/rabbitmq`` holds on this machine.
+``RABBITMQ_CONFIG_FILE`` with ``tls``
+    a ``rabbitmq.conf`` of our own, written only for a broker given
+    ``tls=BrokerTLS(...)``: a TLS listener (``listeners.ssl.default``) on
+    127.0.0.1 and a second free port (``tls_port``), with the PEM files the
+    caller made (the tests make them with trustme) and, when asked, client
+    certificates required (``verify_peer`` + ``fail_if_no_peer_cert``).
 ``HOME``
     Erlang refuses to start without it (it keeps ``.erlang.cookie`` there);
     set to the temporary folder only when missing.
@@ -70,6 +76,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -79,6 +86,7 @@ from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 __all__ = [
     "BrokerError",
+    "BrokerTLS",
     "CONNECT_ERRORS",
     "RABBITMQ_BIN",
     "RABBITMQ_SERVER",
@@ -140,6 +148,16 @@ def _port_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class BrokerTLS:
+    """The TLS listener of a PrivateBroker: PEM file paths, and whether clients need a certificate."""
+
+    cacertfile: str  # the CA that signed certfile, and that client certificates must chain to
+    certfile: str
+    keyfile: str
+    require_client_cert: bool = False
+
+
 class RunningBroker:
     """Control interface for a RabbitMQ node that is running on loopback.
 
@@ -151,6 +169,7 @@ class RunningBroker:
 
     user = "guest"
     password = "guest"
+    tls_port: int | None = None  # the TLS listener's port, when the broker has one
 
     def __init__(self, host: str, port: int, node: str, env: dict[str, str] | None = None,
                  ctl_path: str | os.PathLike = RABBITMQCTL):
@@ -167,18 +186,24 @@ class RunningBroker:
     # -- addresses -------------------------------------------------------
 
     def socket(self, routing_key: str, exchange: str | None = None,
-               user: str | None = None, password: str | None = None) -> str:
-        """An opsevent subscriber socket for this broker.
+               user: str | None = None, password: str | None = None, tls: bool = False) -> str:
+        """An opsevent subscriber socket for this broker (with ``tls``, for its TLS listener).
 
-        Grammar: ``rabbitmq:[user[:password]@]host[:port]/[exchange?]routing_key``.
+        Grammar: ``rabbitmq:[user[:password]@]host[:port]/[exchange?]routing_key``,
+        or ``.../tls;[exchange=E]?routing_key`` with ``tls``.
         Characters that would break the split (``% @ : / ?``, space, non-ASCII)
         are %-encoded; opsevent's parser decodes every field.
         """
         if password is not None and user is None:
             raise ValueError("a password needs a user")
+        if tls and self.tls_port is None:
+            raise ValueError(f"{self!r} has no TLS listener (start it with tls=BrokerTLS(...))")
         auth = ""
         if user is not None:
             auth = _enc(user) + (f":{_enc(password)}" if password is not None else "") + "@"
+        if tls:
+            target = f"tls;exchange={_enc(exchange)}" if exchange else "tls;"
+            return f"rabbitmq:{auth}{self.host}:{self.tls_port}/{target}?{_enc(routing_key)}"
         target = f"{_enc(exchange)}?{_enc(routing_key)}" if exchange else _enc(routing_key)
         return f"rabbitmq:{auth}{self.host}:{self.port}/{target}"
 
@@ -229,12 +254,18 @@ class RunningBroker:
         self.ctl("await_startup", "--timeout", str(max(1, int(timeout))), timeout=timeout + 15)
 
     def wait_port(self, timeout: float = 60) -> None:
-        """Wait (bounded) until the AMQP port accepts TCP connections."""
+        """Wait (bounded) until the AMQP port (and the TLS one, if any) accepts TCP connections."""
         deadline = time.monotonic() + timeout
-        while not _port_accepts(self.host, self.port):
+        for port in (self.port, self.tls_port):
+            if port is not None:
+                self.wait_port_of(port, max(0.1, deadline - time.monotonic()))
+
+    def wait_port_of(self, port: int, timeout: float) -> None:
+        """Wait (bounded) until ``port`` on the broker's host accepts TCP connections."""
+        deadline = time.monotonic() + timeout
+        while not _port_accepts(self.host, port):
             if time.monotonic() >= deadline:
-                raise BrokerError(f"{self.host}:{self.port} did not accept a connection "
-                                  f"within {timeout:g} s")
+                raise BrokerError(f"{self.host}:{port} did not accept a connection within {timeout:g} s")
             time.sleep(0.1)
 
     def connection_count(self) -> int:
@@ -349,6 +380,17 @@ def _wait_state(pid: int, ok, timeout: float, what: str) -> None:
         time.sleep(0.01)
 
 
+def _tls_config(tls: BrokerTLS, port: int) -> str:
+    """rabbitmq.conf for a TLS listener on loopback (RabbitMQ's TLS guide, "Enabling TLS")."""
+    verify = "verify_peer" if tls.require_client_cert else "verify_none"
+    return (f"listeners.ssl.default = {LOOPBACK}:{port}\n"
+            f"ssl_options.cacertfile = {tls.cacertfile}\n"
+            f"ssl_options.certfile = {tls.certfile}\n"
+            f"ssl_options.keyfile = {tls.keyfile}\n"
+            f"ssl_options.verify = {verify}\n"
+            f"ssl_options.fail_if_no_peer_cert = {str(tls.require_client_cert).lower()}\n")
+
+
 def _enc(text: str) -> str:
     # ',' separates failover hosts and ';' '=' mark socket parameters: encode them.
     return quote(text, safe="-._~!$&'()*+#")
@@ -379,12 +421,17 @@ class PrivateBroker(RunningBroker):
     ``start()`` (or entering the ``with``) starts it and waits until it is
     ready; ``stop()`` (or leaving the ``with``, or interpreter exit) stops it,
     removes its folder, and kills whatever of it remains.
+
+    With ``tls=BrokerTLS(ca, cert, key)`` it also listens for AMQP over TLS
+    on ``tls_port`` (``socket(..., tls=True)`` names it); the plain listener
+    stays, for the helpers below.
     """
 
     def __init__(self, start_timeout: float = 60, stop_timeout: float = 30,
                  server_path: str | os.PathLike = RABBITMQ_SERVER,
-                 ctl_path: str | os.PathLike = RABBITMQCTL):
+                 ctl_path: str | os.PathLike = RABBITMQCTL, tls: BrokerTLS | None = None):
         super().__init__(LOOPBACK, 0, "", env=None, ctl_path=ctl_path)
+        self.tls = tls
         self.server_path = str(server_path)
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
@@ -437,6 +484,11 @@ class PrivateBroker(RunningBroker):
         plugins = self.tmpdir / "enabled_plugins"
         plugins.write_text("[].\n")
         (self.tmpdir / "log").mkdir()
+        config = self.tmpdir / "rabbitmq"  # does not exist: defaults only
+        if self.tls is not None:
+            self.tls_port = free_port({self.port, self.dist_port})
+            config = self.tmpdir / "rabbitmq.conf"
+            config.write_text(_tls_config(self.tls, self.tls_port))
         env = dict(os.environ)
         env.update({
             "RABBITMQ_NODENAME": self.node,
@@ -448,7 +500,7 @@ class PrivateBroker(RunningBroker):
             "RABBITMQ_MNESIA_BASE": str(self.tmpdir / "mnesia"),
             "RABBITMQ_LOG_BASE": str(self.tmpdir / "log"),
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(plugins),
-            "RABBITMQ_CONFIG_FILE": str(self.tmpdir / "rabbitmq"),  # does not exist
+            "RABBITMQ_CONFIG_FILE": str(config),
             "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.tmpdir / "advanced.config"),  # neither
             "RABBITMQ_CONF_ENV_FILE": str(self.tmpdir / "rabbitmq-env.conf"),  # neither
         })
@@ -477,6 +529,8 @@ class PrivateBroker(RunningBroker):
             raise BrokerError(f"{self.node}: no time left for await_startup "
                               f"within {self.start_timeout:g} s")
         self.await_startup(timeout=remaining)
+        if self.tls_port is not None:
+            self.wait_port_of(self.tls_port, max(1.0, deadline - time.monotonic()))
 
     def log_tail(self, lines: int = 40) -> str:
         """The last lines of the broker's log and of its console output."""

@@ -3,9 +3,11 @@
 Theory of operation:
 
 * A ``BrokerLink`` exists per distinct broker identity (host, port, user,
-  password, vhost) and carries every subscription on that broker over one
-  pika ``SelectConnection`` and one channel in confirm mode, driven by the
-  worker's single I/O loop.  It connects lazily, on the first item.
+  password, vhost, tls, failover hosts) and carries every subscription on
+  that broker over one pika ``SelectConnection`` and one channel in confirm
+  mode, driven by the worker's single I/O loop.  It connects lazily, on the
+  first item.  With ``tls`` the connection is verified against the
+  ``tls_ca_file`` setting (``workers/tls.py``); never unverified.
 * ``submit(item)`` either writes the item's frames (connected, not blocked)
   or keeps it in ``pending``.  Written items wait in ``inflight`` under their
   delivery tag until the broker acks (``confirmed``), nacks, or returns them
@@ -14,8 +16,17 @@ Theory of operation:
   front of ``pending``, in order, and is published again after the reconnect:
   at-least-once.  Reconnects back off exponentially, with jitter, between
   ``reconnect_min`` and ``reconnect_max``.
-* A failed connect fails the waiting *sync* items at once with the reason
-  (their callers are blocked); async items wait in ``pending``, bounded.
+* Failover: the socket's hosts (``endpoints``, the primary first) are tried
+  in order, wrapping.  A lost connection or a failed connect moves to the
+  next host at once; only a whole round of failed hosts backs off, and only
+  then are waiting *sync* items failed, with every host's reason (a single
+  host is a round of one: its failed connect fails them at once).  Async
+  items wait in ``pending``, bounded.
+* Failback: while connected to a failover host, the link opens a probe
+  connection to the primary every ``failback_interval``.  Once one opens,
+  the link stops writing (``switching``), lets the broker confirm what is in
+  flight (bounded by ``connect_timeout``, then requeued: at-least-once),
+  closes, and connects to the primary; the pending items follow.
 * ``sweep(now)`` (called by the worker every tick) fails sync items whose
   caller is about to give up, with the reason they are stuck, and notices a
   silent broker when heartbeats are on.
@@ -38,11 +49,14 @@ from pika.adapters.utils.connection_workflow import (AMQPConnectionWorkflowFaile
                                                      AMQPConnectorSocketConnectError)
 
 from opsevent import Status
+from workers import tls
 from workers.amqp import Publisher
+from workers.failback import PrimaryProbe
 
 log = logging.getLogger(__name__)
 
 IDLE, CONNECTING, READY, CLOSING, CLOSED = "idle", "connecting", "ready", "closing", "closed"
+SWITCHING = "switching"  # failing back: no new writes, waiting for confirms, then close
 _NO_EXCHANGE = re.compile(r"no exchange '(.*)' in vhost")
 _PROPERTIES = {False: spec.BasicProperties(content_type="text/plain"),
                True: spec.BasicProperties(content_type="text/plain", delivery_mode=2)}
@@ -68,9 +82,10 @@ class Item:
 
 class BrokerLink:
     def __init__(self, key, label, settings, ioloop, done):
-        # key = (host, port, user, password, vhost): secret-bearing, never logged.
+        # key = (host, port, user, password, vhost, tls, failover): secret-bearing, never logged.
         self.key = key
         self.label = label
+        self.endpoints = (tuple(key[:2]),) + tuple(key[6])  # the primary first
         self.settings = settings
         self.ioloop = ioloop
         self.done = done
@@ -90,6 +105,12 @@ class BrokerLink:
         self._next_try = 0.0
         self._retry_timer = None
         self._last_rx = (0, 0.0)  # (bytes received, when that count last changed)
+        self._index = 0  # the endpoint connected to, or tried next
+        self._ready_on = None  # the endpoint of the last working connection
+        self._round = []  # "host:port: why" of each failed host since the last working connection
+        self._probe = PrimaryProbe(ioloop, settings.failback_interval, lambda: self._parameters(0),
+                                   self._off_primary, self._on_primary_back, label)
+        self._switch_deadline = 0.0
 
     # ---- items -------------------------------------------------------------
 
@@ -141,8 +162,9 @@ class BrokerLink:
 
     def snapshot(self) -> dict:
         """Plain counters and state, for the stats file."""
-        return {"state": self.state, "blocked": bool(self.blocked), "pending": len(self.pending),
-                "inflight": len(self.inflight), "last_error": self.last_error, **self.stats}
+        return {"state": self.state, "endpoint": _hostport(*self.endpoints[self._index]),
+                "blocked": bool(self.blocked), "pending": len(self.pending), "inflight": len(self.inflight),
+                "last_error": self.last_error, "failovers": 0, "failbacks": 0, **self.stats}
 
     # ---- connection ----------------------------------------------------------
 
@@ -153,21 +175,38 @@ class BrokerLink:
         self._retry_timer = None
         if self.state is not IDLE:
             return
-        host, port, user, password, vhost = self.key[:5]
-        s = self.settings
-        params = pika.ConnectionParameters(
-            host=host, port=port, virtual_host=vhost,
-            credentials=pika.PlainCredentials(user, password),
-            heartbeat=s.heartbeat, connection_attempts=1, retry_delay=0,
-            socket_timeout=s.connect_timeout, stack_timeout=s.connect_timeout,
-            blocked_connection_timeout=None,
-            client_properties={"connection_name": f"opsevent rabbitmq-worker pid {os.getpid()}"})
         self.state = CONNECTING
+        try:
+            params = self._parameters(self._index)
+        except tls.TLSSetupError as exc:
+            self._lost(f"cannot connect to {self._where()}: {exc}", connect_failed=True, detail=str(exc))
+            return
         self._conn = pika.SelectConnection(
             params, on_open_callback=self._on_open, on_open_error_callback=self._on_open_error,
             on_close_callback=self._on_closed, custom_ioloop=self.ioloop)
         self._conn.add_on_connection_blocked_callback(self._on_blocked)
         self._conn.add_on_connection_unblocked_callback(self._on_unblocked)
+
+    def _parameters(self, index: int) -> pika.ConnectionParameters:
+        """pika's parameters for endpoint *index*; raises ``tls.TLSSetupError``."""
+        host, port = self.endpoints[index]
+        _unused_host, _unused_port, user, password, vhost, use_tls = self.key[:6]
+        s = self.settings
+        # A fresh context per attempt: built post-fork, and a fixed CA file is read again.
+        ssl_options = pika.SSLOptions(tls.client_context(s), server_hostname=host) if use_tls else None
+        return pika.ConnectionParameters(
+            host=host, port=port, virtual_host=vhost, ssl_options=ssl_options,
+            credentials=pika.PlainCredentials(user, password),
+            heartbeat=s.heartbeat, connection_attempts=1, retry_delay=0,
+            socket_timeout=s.connect_timeout, stack_timeout=s.connect_timeout,
+            blocked_connection_timeout=None,
+            client_properties={"connection_name": f"opsevent rabbitmq-worker pid {os.getpid()}"})
+
+    def _where(self) -> str:
+        """The broker being connected to: its label, and which host when it has several."""
+        if len(self.endpoints) == 1:
+            return self.label
+        return f"{self.label} host {self._index + 1} ({_hostport(*self.endpoints[self._index])})"
 
     def _on_open(self, conn) -> None:
         self._last_rx = (conn.bytes_received, time.monotonic())
@@ -186,9 +225,11 @@ class BrokerLink:
         self.stats["connects"] += 1
         self.state = READY
         self._backoff = self.settings.reconnect_min
+        self._round = []
         if self.last_error:
             log.info("%s: connected again", self.label)
             self.last_error = ""
+        self._note_endpoint()
         self._drain_pending()
 
     def _drain_pending(self) -> None:
@@ -202,13 +243,19 @@ class BrokerLink:
 
     def _on_open_error(self, _unused_conn, error) -> None:
         if isinstance(error, (exceptions.ProbableAuthenticationError, exceptions.ProbableAccessDeniedError)):
-            host, port, user, _unused_password, vhost = self.key[:5]
-            reason = f"access refused for user '{user}' at {host}:{port} (vhost '{vhost}')"
+            user, vhost = self.key[2], self.key[4]
+            detail = f"access refused for user '{user}' (vhost '{vhost}')"
+            reason = (f"access refused for user '{user}' at {_hostport(*self.endpoints[self._index])} "
+                      f"(vhost '{vhost}')")
         else:
-            reason = f"cannot connect to {self.label}: {_describe(error)}"
-        self._lost(reason, connect_failed=True)
+            detail = _describe(error, self.settings.tls_ca_file)
+            reason = f"cannot connect to {self._where()}: {detail}"
+        self._lost(reason, connect_failed=True, detail=detail)
 
     def _on_closed(self, _unused_conn, error) -> None:
+        if self.state is SWITCHING:
+            self._switch_to_primary()
+            return
         if self.state is CLOSING:
             self.state = CLOSED
             for item in list(self.inflight.values()) + list(self.pending):
@@ -217,28 +264,81 @@ class BrokerLink:
         self.stats["connection_lost"] += 1
         self._lost(f"connection to {self.label} lost: {_describe(error)}", connect_failed=False)
 
-    def _lost(self, reason: str, connect_failed: bool) -> None:
-        """Requeue what was in flight, fail waiting sync callers, back off."""
+    def _lost(self, reason: str, connect_failed: bool, detail: str = "") -> None:
+        """Requeue what was in flight, move to the next host; after a whole round fail sync callers, back off."""
         was_ready = self.state is READY
         self.state = IDLE
         self.blocked = ""
         self._conn = self._channel = self._publisher = None
         self._out = []
         self._requeue_inflight()
+        round_over, reason = self._next_endpoint(reason, detail, was_ready)
         self.last_error = reason
-        if connect_failed:
+        if connect_failed and round_over:
             for item in [i for i in self.pending if i.deadline is not None]:
                 self._resolve(item, Status.FAILED, reason)
             self.pending = collections.deque(i for i in self.pending if not i.resolved)
-        # First retry at once after losing a working connection (a broker
-        # restart); after that, capped exponential backoff with jitter.
-        delay = 0.0 if was_ready else self._backoff * random.uniform(0.5, 1.0)
-        if not was_ready:
+        # At once after losing a working connection (a broker restart) and
+        # to the next host of a round; after a whole round of failed hosts,
+        # capped exponential backoff with jitter.
+        delay = self._backoff * random.uniform(0.5, 1.0) if round_over else 0.0
+        if round_over:
             self._backoff = min(self._backoff * 2, self.settings.reconnect_max)
         self._next_try = time.monotonic() + delay
-        log.warning("%s; %d events waiting; next attempt in %.2f s", reason, len(self.pending), delay)
+        then = "" if len(self.endpoints) == 1 else f", to {_hostport(*self.endpoints[self._index])}"
+        log.warning("%s; %d events waiting; next attempt in %.2f s%s", reason, len(self.pending), delay, then)
         if self.pending and self.state is IDLE:
             self._schedule_connect(delay)
+
+    def _next_endpoint(self, reason: str, detail: str, was_ready: bool) -> tuple[bool, str]:
+        """Step to the next host; whether every host has now failed in a row, and the reason to give."""
+        if not was_ready:
+            self._round.append(f"{_hostport(*self.endpoints[self._index])}: {detail or reason}")
+        self._index = (self._index + 1) % len(self.endpoints)
+        if len(self._round) < len(self.endpoints):
+            return False, reason
+        failed, self._round = self._round, []
+        if len(failed) == 1:
+            return True, reason
+        return True, f"cannot connect to any host of {self.label}: {'; '.join(failed)}"
+
+    # ---- failover and failback -------------------------------------------------
+
+    def _note_endpoint(self) -> None:
+        """Count and log a move to another host; while off the primary, probe it."""
+        previous, self._ready_on = self._ready_on, self._index
+        if len(self.endpoints) == 1:
+            return
+        where = _hostport(*self.endpoints[self._index])
+        if self._index != 0:
+            if previous != self._index:
+                self.stats["failovers"] += 1
+                log.warning("%s: failed over to host %d (%s); trying the primary again every %g s",
+                            self.label, self._index + 1, where, self.settings.failback_interval)
+            self._probe.start()
+        elif previous not in (None, 0):
+            self.stats["failbacks"] += 1
+            log.info("%s: back on the primary host (%s)", self.label, where)
+
+    def _off_primary(self) -> bool:
+        return self.state is READY and self._index != 0
+
+    def _on_primary_back(self) -> None:
+        # Stop writing here; the sweep closes once the broker has confirmed
+        # what is in flight, so the primary gets no duplicates.
+        self.flush()
+        self.state = SWITCHING
+        self._switch_deadline = time.monotonic() + self.settings.connect_timeout
+
+    def _switch_to_primary(self) -> None:
+        self.state = IDLE
+        self.blocked = ""
+        self._conn = self._channel = self._publisher = None
+        self._out = []
+        self._requeue_inflight()  # empty unless the confirms took longer than connect_timeout
+        self._index = 0
+        self._round = []
+        self._schedule_connect(0.0)
 
     def _requeue_inflight(self) -> None:
         unconfirmed = [item for item in self.inflight.values() if not item.resolved]
@@ -315,6 +415,18 @@ class BrokerLink:
             self._expire_backlog(now)
         if self.settings.heartbeat:
             self._notice_silence(now, self.settings.heartbeat)
+        if self.state is SWITCHING:
+            self._finish_switch(now)
+
+    def _finish_switch(self, now: float) -> None:
+        """Close the failover host's connection once its publishes are confirmed, or the wait is over."""
+        if self.inflight and now < self._switch_deadline:
+            return
+        if self._conn.is_open:
+            self._conn.close()
+        elif now >= self._switch_deadline + self.settings.connect_timeout and not self._conn.is_closed:
+            # No close-ok from a silent broker: drop the connection (what is in flight is requeued).
+            self._conn._terminate_stream(exceptions.StreamLostError("no close-ok while switching to the primary"))
 
     def _expire_sync(self, now: float) -> None:
         for items in (self.pending, self.inflight.values()):
@@ -347,6 +459,8 @@ class BrokerLink:
     def _why_stuck(self) -> str:
         if self.blocked:
             return self.blocked
+        if self.state is SWITCHING:
+            return f"{self.label}: switching back to the primary host"
         if self.state is READY:
             return f"{self.label}: no confirm from the broker before the sync timeout"
         return self.last_error or f"{self.label}: not connected yet"
@@ -356,6 +470,7 @@ class BrokerLink:
         if self._retry_timer is not None:
             self.ioloop.remove_timeout(self._retry_timer)
             self._retry_timer = None
+        self._probe.stop()
         if self._conn is not None and self._conn.is_open:
             self.state = CLOSING
             self._conn.close()
@@ -377,21 +492,29 @@ class BrokerLink:
         return self.state is CLOSED
 
 
-def _describe(error) -> str:
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _describe(error, ca_file: str | None = None) -> str:
     """A short, password-free account of a pika error."""
     # pika wraps a failed connection workflow in two layers; the last
     # attempt's own exception is what says what went wrong.
-    while isinstance(error, exceptions.AMQPConnectionError) and error.args:
-        inner = error.args[0]
-        if isinstance(inner, AMQPConnectionWorkflowFailed) and inner.exceptions:
-            error = inner.exceptions[-1]
-        elif isinstance(inner, BaseException):
-            error = inner
+    # A TLS failure comes as the workflow error itself, unwrapped.
+    while True:
+        if isinstance(error, AMQPConnectionWorkflowFailed) and error.exceptions:
+            error = error.exceptions[-1]
+        elif (isinstance(error, exceptions.AMQPConnectionError) and error.args
+              and isinstance(error.args[0], BaseException)):
+            error = error.args[0]
         else:
             break
     if isinstance(error, AMQPConnectorPhaseErrorBase):
         phase = "TCP connect" if isinstance(error, AMQPConnectorSocketConnectError) else "set-up"
         inner = error.exception
-        return f"{phase} failed: {getattr(inner, 'strerror', None) or inner}"
+        return tls.explain(inner, ca_file) or f"{phase} failed: {getattr(inner, 'strerror', None) or inner}"
+    explained = tls.explain(error, ca_file)
+    if explained:
+        return explained
     text = str(error) or type(error).__name__
     return f"{type(error).__name__}: {text}"

@@ -175,12 +175,6 @@ class RabbitMQWorker:
         self.outstanding_bytes += len(sockets) * len(body)
         for i, wire in enumerate(sockets):
             sock = _socket(wire)
-            if sock.tls or sock.failover:
-                # Parsed by opsevent, not yet carried out here: say so rather
-                # than connect in plain text, or to the first host only.
-                self._done(Item(record, i, "", "", body, raised_at, deadline), Status.FAILED,
-                           f"{sock.broker_label}: 'tls' and failover hosts are not supported by this worker yet")
-                continue
             link = self.links.get(sock.broker)
             if link is None:
                 link = self.links[sock.broker] = BrokerLink(

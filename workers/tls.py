@@ -1,0 +1,86 @@
+"""TLS for the worker's broker connections: the client context, and what a failed handshake means.
+
+The context is built in the RabbitMQ worker process, when a link first
+connects over TLS, from the files the settings name; never before the fork
+(a parent's OpenSSL state is not the child's to use).  It verifies the
+broker's certificate against ``tls_ca_file`` only (not the system's CAs):
+a socket with ``tls`` and no CA file is refused, never connected
+unverified.  The files are read at each new context, so a fixed file is
+picked up by the next attempt.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+__all__ = ["TLSSetupError", "client_context", "explain"]
+
+# OpenSSL's words for a failed handshake, and what they mean for a user;
+# the first match wins.
+_ALERTS = (
+    ("CERTIFICATE_REQUIRED", "the broker requires a client certificate: set tls_cert_file and tls_key_file"),
+    ("UNKNOWN_CA", "the broker does not trust our client certificate (tls_cert_file): "
+                   "it is not signed by a CA the broker knows"),
+    ("BAD_CERTIFICATE", "the broker refused our client certificate (tls_cert_file)"),
+    ("WRONG_VERSION_NUMBER", "the port does not speak TLS: is it the broker's plain AMQP port?"),
+)
+
+
+class TLSSetupError(Exception):
+    """The TLS settings cannot be used; the message names the setting and the file."""
+
+
+def client_context(settings) -> ssl.SSLContext:
+    """A client context from ``tls_ca_file`` (and the client certificate, if set)."""
+    ca = settings.tls_ca_file
+    if ca is None:
+        raise TLSSetupError("the socket asks for 'tls' but the tls_ca_file setting is not set: without a CA "
+                            "file the broker's certificate cannot be verified, so the worker does not connect")
+    cert, key = settings.tls_cert_file, settings.tls_key_file
+    for name, path in (("tls_ca_file", ca), ("tls_cert_file", cert), ("tls_key_file", key)):
+        if path is not None:
+            _check_readable(name, path)
+    # PROTOCOL_TLS_CLIENT: CERT_REQUIRED and hostname checking from the start.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = settings.tls_verify_hostname
+    try:
+        context.load_verify_locations(cafile=ca)
+    except ssl.SSLError as exc:
+        raise TLSSetupError(f"tls_ca_file '{ca}' holds no usable PEM CA certificate ({exc.reason or exc})") from None
+    if cert is not None:
+        try:
+            context.load_cert_chain(cert, key, password=_encrypted(key))
+        except ssl.SSLError as exc:
+            raise TLSSetupError(f"tls_cert_file '{cert}' and tls_key_file '{key}' are not a usable PEM "
+                                f"certificate and matching key ({exc.reason or exc})") from None
+    return context
+
+
+def _check_readable(name: str, path: str) -> None:
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise TLSSetupError(f"{name} '{path}' cannot be read: {exc.strerror or exc}") from None
+
+
+def _encrypted(key: str):
+    # Without a password callback OpenSSL would prompt on the terminal: the
+    # worker would hang on a passphrase nobody types.
+    def refuse():
+        raise TLSSetupError(f"tls_key_file '{key}' is encrypted; the worker needs an unencrypted key")
+    return refuse
+
+
+def explain(error: BaseException, ca_file: str | None) -> str | None:
+    """A user's account of a failed TLS handshake, or None when *error* is not one."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        why = (error.verify_message or str(error)).rstrip(".")
+        hint = "; tls_verify_hostname=False skips the name check" if "mismatch" in why else ""
+        return f"TLS certificate verification failed: {why} (tls_ca_file '{ca_file}'{hint})"
+    text = str(error)
+    for word, meaning in _ALERTS:
+        if word in text:
+            return f"TLS handshake failed: {meaning}"
+    return None
