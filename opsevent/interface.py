@@ -108,8 +108,12 @@ class Settings:
         together, whether a broker is slow, blocked or down; there it stops
         reading the shared queue, so raises get "queue full" at once; >= 1.
     persistent (False)
-        Publish with delivery_mode 2, so that messages on durable queues
-        survive a broker restart.
+        Publish every event with delivery_mode 2, so that messages on
+        durable queues survive a broker restart (a socket's ``persistent``
+        flag does it for that subscriber alone).
+    app_id ("opsevent")
+        The ``app-id`` property of every message: names the publisher to
+        consumers; text of 1..255 UTF-8 bytes.
     backlog_age (60.0)
         Oldest an async event may be when published; an older one is
         dropped, counted and logged instead of flushed late; > 0.
@@ -152,6 +156,7 @@ class Settings:
     tls_key_file: str | None = None
     tls_verify_hostname: bool = True
     failback_interval: float = 5.0
+    app_id: str = "opsevent"
 
     def __post_init__(self) -> None:
         _check_int(self, "heartbeat", 0, 65535)
@@ -163,6 +168,8 @@ class Settings:
         object.__setattr__(self, "sync_mode", bool(self.sync_mode))
         if type(self.persistent) is not bool:
             raise ConfigError(f"persistent must be a bool, not {self.persistent!r}")
+        if type(self.app_id) is not str or not 0 < len(self.app_id.encode("utf-8", "replace")) <= 255:
+            raise ConfigError(f"app_id must be text of 1..255 UTF-8 bytes, not {self.app_id!r}")
         if type(self.format) is not str or self.format not in FORMATS:
             raise ConfigError(f"format must be one of "
                               f"{', '.join(map(repr, FORMATS))}, not {self.format!r}")
@@ -232,12 +239,16 @@ def _check_seconds(settings: Settings, name: str, positive: bool) -> None:
 class Transport(Protocol):
     """What carries event bodies to RabbitMQ (implemented by ``workers``)."""
 
-    def submit(self, sockets: tuple[RabbitMQSocket, ...], body: bytes,
+    def submit(self, event: str, sockets: tuple[RabbitMQSocket, ...], body: bytes,
                sync: bool, timeout: float) -> Sequence[tuple[Status, str]]:
-        """Deliver *body* to every socket; one ``(status, reason)`` each, in order.
+        """Deliver *body*, a raise of *event*, to every socket; one ``(status, reason)`` each, in order.
 
         Async (``sync`` false): return QUEUED or QUEUE_FULL at once. Sync:
         wait at most *timeout* seconds for the worker's answer.
+
+        A transport may also have ``note(event, sockets, status)``: it is
+        told of raises refused before they reach it (TOO_LARGE), so that it
+        can count them with its own.
         """
         ...
 
@@ -333,12 +344,13 @@ class EventInterface:
         try:
             body = encode_event(event, params, body_format)
         except EventTooLargeError as err:
+            _note(self._transport, event, sockets, Status.TOO_LARGE)
             return _same_for_all(event, sockets, Status.TOO_LARGE, str(err))
         transport = self._transport
         if transport is None:
             return _same_for_all(event, sockets, Status.NOT_RUNNING,
                                  NOT_RUNNING_REASON)
-        statuses = transport.submit(sockets, body, settings.sync_mode,
+        statuses = transport.submit(event, sockets, body, settings.sync_mode,
                                     settings.sync_timeout)
         if len(statuses) != len(sockets):
             _wrong_count(transport, statuses, sockets)
@@ -368,11 +380,12 @@ class EventInterface:
             body = bodies[body_format]
             group = tuple(sockets[index] for index in indexes)
             if isinstance(body, EventTooLargeError):
+                _note(transport, event, group, Status.TOO_LARGE)
                 statuses = [(Status.TOO_LARGE, str(body))] * len(group)
             elif transport is None:
                 statuses = [(Status.NOT_RUNNING, NOT_RUNNING_REASON)] * len(group)
             else:
-                statuses = transport.submit(group, body, settings.sync_mode,
+                statuses = transport.submit(event, group, body, settings.sync_mode,
                                             settings.sync_timeout)
                 if len(statuses) != len(group):
                     _wrong_count(transport, statuses, group)
@@ -408,6 +421,12 @@ def _zip_attrs(params, attrs, vals) -> list:
             f"attrs has {len(attrs)} names but vals has {len(vals)} values; "
             f"they pair up one to one")
     return list(zip(attrs, vals))
+
+
+def _note(transport, event: str, sockets, status: Status) -> None:
+    note = getattr(transport, "note", None)
+    if note is not None:
+        note(event, sockets, status)
 
 
 def _wrong_count(transport: Transport, statuses, sockets) -> None:

@@ -3,7 +3,7 @@
 import pytest
 from pika import frame, spec
 
-from workers.amqp import Publisher, method_frame
+from workers.amqp import MessageProperties, Publisher, method_frame
 
 
 def pika_frames(channel, exchange, routing_key, body, props, body_max):
@@ -13,6 +13,10 @@ def pika_frames(channel, exchange, routing_key, body, props, body_max):
     for start in range(0, len(body), body_max):
         parts.append(frame.Body(channel, body[start:start + body_max]).marshal())
     return b"".join(parts)
+
+
+def ours(props: spec.BasicProperties) -> bytes:
+    return b"".join(props.encode())
 
 
 CASES = [
@@ -28,17 +32,45 @@ CASES = [
 @pytest.mark.parametrize("what, exchange, routing_key, body", CASES, ids=[c[0] for c in CASES])
 def test_publish_frames_equal_what_pika_marshals(what, exchange, routing_key, body):
     props = spec.BasicProperties(content_type="text/plain")
-    publisher = Publisher(1, props, frame_max=131072)
-    assert publisher.frames(exchange, routing_key, body) == pika_frames(1, exchange, routing_key, body,
-                                                                        props, 131072 - 8)
+    publisher = Publisher(1, frame_max=131072)
+    assert publisher.frames(exchange, routing_key, body, ours(props)) == pika_frames(
+        1, exchange, routing_key, body, props, 131072 - 8)
 
 
 def test_a_small_frame_max_splits_the_body_like_pika():
     props = spec.BasicProperties()
     body = b"0123456789" * 1000
-    assert Publisher(3, props, frame_max=4096).frames("", "k", body) == pika_frames(3, "", "k", body, props, 4088)
+    assert Publisher(3, frame_max=4096).frames("", "k", body, ours(props)) == pika_frames(
+        3, "", "k", body, props, 4088)
 
 
 def test_a_routing_key_over_255_bytes_is_refused_with_its_length():
     with pytest.raises(ValueError, match="routing key is 256 bytes"):
         method_frame(1, "", "k" * 256, True)
+
+
+PROPERTY_CASES = [
+    # event, content type, persistent, message id, timestamp, app id
+    ("E_SIP_MESSAGE", "text/plain", False, "3f2a9c01d4e7-1", 1_790_000_000, "opsevent"),
+    ("E_PIKE_BLOCKED", "application/json", True, "00-18446744073709551615", 0, "sbc-7"),
+    ("\u00c9V\u00c9NEMENT", "text/plain", True, "x", 2**40, "\u00e9"),
+]
+
+
+@pytest.mark.parametrize("event, content_type, persistent, message_id, timestamp, app_id", PROPERTY_CASES)
+def test_message_properties_equal_what_pika_marshals(event, content_type, persistent, message_id,
+                                                     timestamp, app_id):
+    props = MessageProperties(app_id)
+    marshalled = props.head(event.encode(), content_type, persistent) + props.tail(message_id, timestamp)
+    expected = spec.BasicProperties(content_type=content_type, headers={"event": event},
+                                    delivery_mode=2 if persistent else None, message_id=message_id,
+                                    timestamp=timestamp, app_id=app_id)
+    assert marshalled == ours(expected)
+    decoded = spec.BasicProperties()
+    decoded.decode(marshalled)
+    assert (decoded.headers, decoded.message_id, decoded.timestamp) == ({"event": event}, message_id, timestamp)
+
+
+def test_an_app_id_over_255_bytes_is_refused_with_its_length():
+    with pytest.raises(ValueError, match="app_id is 256 bytes"):
+        MessageProperties("a" * 256)

@@ -9,6 +9,7 @@ import time
 
 from opsevent import Status, parse_socket
 from workers.channel import JobSender, Replier, ReplyBox
+from workers import job
 from workers.jobqueue import JobQueue
 
 FORK = multiprocessing.get_context("fork")
@@ -48,11 +49,11 @@ def test_threads_waiting_on_one_reply_box_each_get_their_own_reply():
 def test_a_raise_on_a_full_queue_fails_at_once_in_both_modes():
     jobs = JobQueue(FORK, maxsize=2)
     sender = JobSender(jobs)
-    assert sender.submit((SOCKET,), b"E\n", False, 1.0) == ((Status.QUEUED, ""),)
-    assert sender.submit((SOCKET,), b"E\n", False, 1.0) == ((Status.QUEUED, ""),)
+    assert sender.submit("E", (SOCKET,), b"E\n", False, 1.0) == ((Status.QUEUED, ""),)
+    assert sender.submit("E", (SOCKET,), b"E\n", False, 1.0) == ((Status.QUEUED, ""),)
     for sync in (False, True):
         started = time.monotonic()
-        (status, reason), = sender.submit((SOCKET,), b"E\n", sync, 5.0)
+        (status, reason), = sender.submit("E", (SOCKET,), b"E\n", sync, 5.0)
         assert status is Status.QUEUE_FULL and "full" in reason
         assert time.monotonic() - started < 0.5
     assert sender.queue_full == 2
@@ -65,7 +66,7 @@ def test_the_worker_end_reads_every_job_from_several_processes_and_frees_their_s
     def produce(rank):
         sender = JobSender(jobs)
         for i in range(40):
-            while sender.submit((SOCKET,), b"%d-%d" % (rank, i), False, 1.0)[0][0] is not Status.QUEUED:
+            while sender.submit("E", (SOCKET,), b"%d-%d" % (rank, i), False, 1.0)[0][0] is not Status.QUEUED:
                 time.sleep(0.001)  # full: the reader frees slots as it reads
 
     producers = [FORK.Process(target=produce, args=(rank,)) for rank in range(3)]
@@ -74,7 +75,7 @@ def test_the_worker_end_reads_every_job_from_several_processes_and_frees_their_s
     jobs.attach_reader()
     bodies, deadline = [], time.monotonic() + 20
     while len(bodies) < 120 and time.monotonic() < deadline:
-        bodies += [job[3] for job in jobs.receive(1000)]
+        bodies += [job.decode(payload)[4] for payload in jobs.receive(1000)]
         time.sleep(0.001)
     for p in producers:
         p.join(10)
@@ -107,12 +108,12 @@ def test_a_burst_beyond_the_pipe_overflows_into_the_buffer_and_arrives_in_order(
     n = jobs.capacity // 1000 * 2  # twice what the pipe holds
     bodies = [b"%06d" % i + b"x" * 1000 for i in range(n)]
     for body in bodies:
-        assert sender.submit((SOCKET,), body, False, 1.0)[0][0] is Status.QUEUED
+        assert sender.submit("E", (SOCKET,), body, False, 1.0)[0][0] is Status.QUEUED
     assert jobs.unsent() > 0  # the rest waits in this process's buffer
     jobs.attach_reader()
     got, deadline = [], time.monotonic() + 20
     while len(got) < n and time.monotonic() < deadline:
-        got += [job[3] for job in jobs.receive(1000)]
+        got += [job.decode(payload)[4] for payload in jobs.receive(1000)]
     assert got == bodies and jobs.flush(1.0) == 0
     jobs.close()
 
@@ -121,8 +122,8 @@ def test_a_big_job_crosses_the_pipe_in_several_frames_and_comes_back_whole():
     jobs = JobQueue(FORK, maxsize=10)
     sender = JobSender(jobs)
     body = bytes(range(256)) * 70  # 17,920 bytes: five frames
-    assert sender.submit((SOCKET,), body, False, 1.0)[0][0] is Status.QUEUED
+    assert sender.submit("E", (SOCKET,), body, False, 1.0)[0][0] is Status.QUEUED
     jobs.attach_reader()
-    (job,) = jobs.receive(10)
-    assert job[3] == body
+    (payload,) = jobs.receive(10)
+    assert job.decode(payload)[4] == body
     jobs.close()

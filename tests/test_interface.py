@@ -5,6 +5,7 @@ import pathlib
 import pytest
 
 from opsevent import (
+    MAX_BODY_SIZE,
     ConfigError,
     Delivery,
     EventInterface,
@@ -29,7 +30,7 @@ class RecordingTransport:
         self.calls = []
         self.answers = answers
 
-    def submit(self, sockets, body, sync, timeout):
+    def submit(self, event, sockets, body, sync, timeout):
         self.calls.append((sockets, body, sync, timeout))
         if self.answers is not None:
             return self.answers
@@ -235,6 +236,9 @@ def test_settings_defaults_are_the_documented_ones():
      "reconnect_max (1.0) is less than reconnect_min (2.0)"),
     ({"failback_interval": 0}, "failback_interval must be a finite number of seconds > 0, not 0"),
     ({"failback_interval": "5"}, "failback_interval must be a number of seconds (> 0), not str '5'"),
+    ({"app_id": ""}, "app_id must be text of 1..255 UTF-8 bytes, not ''"),
+    ({"app_id": "\u00e9" * 128}, "app_id must be text of 1..255 UTF-8 bytes"),
+    ({"app_id": 7}, "app_id must be text of 1..255 UTF-8 bytes, not 7"),
     ({"tls_ca_file": 5}, "tls_ca_file must be a path (str) or None, not int 5"),
     ({"tls_ca_file": ""}, "tls_ca_file must be a non-empty path without NUL, not ''"),
     ({"tls_ca_file": b"ca.pem"}, "tls_ca_file must be a path (str) or None, not bytes"),
@@ -333,7 +337,7 @@ class AnsweringTransport:
     def __init__(self):
         self.calls = []
 
-    def submit(self, sockets, body, sync, timeout):
+    def submit(self, event, sockets, body, sync, timeout):
         self.calls.append((sockets, body, sync, timeout))
         return [(Status(s.routing_key.replace("_", " ")), body.decode()[:1])
                 for s in sockets]
@@ -389,3 +393,32 @@ def test_subscribing_again_with_another_format_replaces_the_subscriber():
     (sock,) = evi.subscribers("E_X")
     assert (sock.format, sock.persistent) == ("json", True)
     assert evi.unsubscribe_event("E_X", "rabbitmq:mq/k") is True
+
+
+class NotingTransport(RecordingTransport):
+    """Also records the event names it is given and the refusals it is told of."""
+
+    def __init__(self):
+        super().__init__()
+        self.events, self.notes = [], []
+
+    def submit(self, event, sockets, body, sync, timeout):
+        self.events.append(event)
+        return super().submit(event, sockets, body, sync, timeout)
+
+    def note(self, event, sockets, status):
+        self.notes.append((event, sockets, status))
+
+
+def test_the_transport_gets_the_event_name_and_is_told_of_too_large_raises_per_format():
+    transport = NotingTransport()
+    evi = interface("rabbitmq:mq/format=json?a", "rabbitmq:mq/b", transport=transport)
+    assert evi.raise_event("E_SIP_MESSAGE", {"n": 1})
+    assert transport.events == ["E_SIP_MESSAGE", "E_SIP_MESSAGE"]  # one submit per format
+    result = evi.raise_event("E_SIP_MESSAGE", {"big": "x" * MAX_BODY_SIZE})
+    assert [d.status for d in result.deliveries] == [Status.TOO_LARGE] * 2
+    assert [(event, status) for event, _, status in transport.notes] == [
+        ("E_SIP_MESSAGE", Status.TOO_LARGE)] * 2
+    plain = interface("rabbitmq:mq/c", transport=transport)
+    plain.raise_event("E_SIP_MESSAGE", {"big": "x" * MAX_BODY_SIZE})
+    assert transport.notes[-1] == ("E_SIP_MESSAGE", plain.subscribers("E_SIP_MESSAGE"), Status.TOO_LARGE)

@@ -8,7 +8,6 @@ client certificate signed by the same CA.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import multiprocessing
@@ -22,6 +21,7 @@ import workers
 from opsevent import Status, encode_event, parse_socket
 from workers.broker import BrokerTLS, PrivateBroker, consume, declare_queue
 from workers.channel import ReplyBox
+from workers import job
 from workers.jobqueue import JobQueue
 from workers.rabbitmq import RabbitMQWorker
 
@@ -120,7 +120,8 @@ def test_a_broker_requiring_client_certificates_accepts_ours_and_says_so_when_we
                          tls_key_file=pki["stranger-client.key"])
     assert with_cert.status is Status.CONFIRMED, with_cert.reason
     assert without.status is Status.FAILED
-    assert "the broker requires a client certificate: set tls_cert_file and tls_key_file" in without.reason
+    # TLS 1.2 brings the broker's alert; with TLS 1.3 it may be lost as the broker hangs up.
+    assert "client certificate: set tls_cert_file and tls_key_file" in without.reason, without.reason
     assert foreign.status is Status.FAILED and "does not trust our client certificate" in foreign.reason, \
         foreign.reason
     assert consume(mtls_broker, queue_name, 1, timeout=5) == [encode_event("E_TLS", {"n": 1})]
@@ -145,12 +146,12 @@ def test_a_tls_file_the_worker_cannot_use_fails_sync_raises_and_is_logged_for_as
     worker = RabbitMQWorker(jobs, opsevent.Settings(reconnect_min=5.0, reconnect_max=5.0, **files))
     worker.init_process(install_signals=False)
     try:
-        wire = (dataclasses.astuple(parse_socket(tls_socket(tls_broker, "q"))),)
+        sockets = [parse_socket(tls_socket(tls_broker, "q"))]
         box = ReplyBox()
         box.expect(1)
         with caplog.at_level(logging.WARNING, logger="workers.link"):
-            worker.handle((0, None, wire, b"E_ASYNC\n", time.monotonic()))
-            worker.handle((1, box.address, wire, b"E_SYNC\n", time.monotonic()))
+            worker.handle(job.pack(sockets, b"E_ASYNC\n", raised_at=time.monotonic()))
+            worker.handle(job.pack(sockets, b"E_SYNC\n", seq=1, reply=box.address, raised_at=time.monotonic()))
             deadline = time.monotonic() + 5
             while worker.stats["failed"] < 1 and time.monotonic() < deadline:
                 worker.loop_once()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import multiprocessing
 import socket
 import time
@@ -12,6 +11,7 @@ import pytest
 import opsevent
 from opsevent import encode_event, parse_socket
 from workers.broker import consume, declare_queue, free_port
+from workers import job
 from workers.channel import ReplyBox
 from workers.jobqueue import JobQueue
 from workers.rabbitmq import RabbitMQWorker
@@ -39,10 +39,15 @@ def turn_until(worker, predicate, timeout=10.0):
         worker.loop_once()
 
 
+def a_job(sockets, body, seq=0, reply=None):
+    """The bytes a front-end's raise puts on the queue."""
+    return job.pack(sockets, body, event="E_TURN", seq=seq, reply=reply, raised_at=time.monotonic())
+
+
 def sync_job(box, seq, sockets, body):
-    """The job tuple a front-end's sync raise puts on the queue."""
+    """The job a front-end's sync raise puts on the queue."""
     box.expect(seq)
-    return (seq, box.address, tuple(dataclasses.astuple(s) for s in sockets), body, time.monotonic())
+    return a_job(sockets, body, seq, box.address)
 
 
 def test_one_turn_at_a_time_the_worker_publishes_and_replies_to_the_sync_caller(broker, queue_name, worker):
@@ -72,7 +77,7 @@ def test_an_async_event_older_than_the_backlog_age_is_dropped_not_flushed_late(q
     w.init_process(install_signals=False)
     try:
         sock = parse_socket(f"rabbitmq:127.0.0.1:{free_port()}/{queue_name}")
-        w.handle((0, None, (dataclasses.astuple(sock),), b"E_OLD\n", time.monotonic()))
+        w.handle(a_job([sock], b"E_OLD\n"))
         turn_until(w, lambda: w.stats["failed"] == 1, timeout=5)
         (link,) = w.links.values()
         assert link.stats["dropped_expired"] == 1 and not link.pending

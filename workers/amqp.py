@@ -13,7 +13,7 @@ Wire layout (AMQP 0-9-1 section 4.2.3), every frame::
 * method frame (type 1): ``class 60, method 40`` + ``reserved-1:short`` +
   ``exchange:shortstr`` + ``routing-key:shortstr`` + ``bits`` (bit 0 mandatory);
 * content header (type 2): ``class 60, weight 0, body-size:longlong`` +
-  property flags and list (encoded by pika's ``BasicProperties``, once);
+  property flags and list (section 4.2.6.1, ``MessageProperties`` below);
 * body (type 3): the payload.  Bodies are at most 16384 bytes while the
   negotiated frame-max is at least 4096 on RabbitMQ and 131072 by default, so
   a body is split only when it exceeds ``frame_max - 8``.
@@ -49,25 +49,70 @@ def method_frame(channel: int, exchange: str, routing_key: str, mandatory: bool)
     return _FRAME_HEAD.pack(1, channel, len(payload)) + payload + FRAME_END
 
 
-class Publisher:
-    """Frames for publishing on one channel with fixed message properties."""
+# basic.properties flag bits, in the order their values follow the flags.
+_CONTENT_TYPE, _HEADERS, _DELIVERY_MODE = 1 << 15, 1 << 13, 1 << 12
+_MESSAGE_ID, _TIMESTAMP, _APP_ID = 1 << 7, 1 << 6, 1 << 3
+_TS = struct.Struct(">Q")
 
-    def __init__(self, channel: int, properties: spec.BasicProperties, frame_max: int):
+
+class MessageProperties:
+    """The properties of every message, marshalled as pika would.
+
+    Per message: ``content-type`` (by body format), ``headers``
+    ``{"event": NAME}``, ``delivery-mode`` 2 when persistent, ``message-id``,
+    ``timestamp`` (seconds) and ``app-id``.  What depends on the event and
+    the subscriber is built once per (event, content type, persistent) and
+    cached; a message adds only its id and time.
+    """
+
+    def __init__(self, app_id: str):
+        self._app_id = shortstr(app_id, "app_id")
+        self._heads: dict[tuple, bytes] = {}
+
+    def head(self, event: bytes, content_type: str, persistent: bool) -> bytes:
+        """Flags, content type, headers and delivery mode: the fixed front part."""
+        key = (event, content_type, persistent)
+        head = self._heads.get(key)
+        if head is None:
+            if len(self._heads) >= 4096:
+                self._heads.clear()
+            flags = _CONTENT_TYPE | _HEADERS | _MESSAGE_ID | _TIMESTAMP | _APP_ID
+            flags |= _DELIVERY_MODE if persistent else 0
+            entry = shortstr("event", "header name") + b"S" + struct.pack(">I", len(event)) + event
+            head = self._heads[key] = b"".join((
+                struct.pack(">H", flags), shortstr(content_type, "content type"),
+                struct.pack(">I", len(entry)), entry, b"\x02" if persistent else b""))
+        return head
+
+    def tail(self, message_id: str, timestamp: int) -> bytes:
+        """Message id, timestamp and app id: the per-message back part."""
+        return shortstr(message_id, "message id") + _TS.pack(timestamp) + self._app_id
+
+
+class Publisher:
+    """Frames for publishing on one channel."""
+
+    def __init__(self, channel: int, frame_max: int):
         self.channel = channel
-        self._props = b"".join(properties.encode())
         self._body_max = frame_max - 8
         self._methods: dict[tuple[str, str], bytes] = {}
 
-    def frames(self, exchange: str, routing_key: str, body: bytes) -> bytes:
-        """All frames of one mandatory publish; raises ValueError on a bad name."""
+    def frames(self, exchange: str, routing_key: str, body: bytes, properties: bytes) -> bytes:
+        """All frames of one mandatory publish; raises ValueError on a bad name.
+
+        ``properties`` is the marshalled property flags and list (``MessageProperties``).
+        """
         key = (exchange, routing_key)
         method = self._methods.get(key)
         if method is None:
             method = self._methods[key] = method_frame(self.channel, exchange, routing_key, True)
         size = len(body)
-        header_payload = _HEADER_HEAD.pack(60, 0, size) + self._props
+        header_payload = _HEADER_HEAD.pack(60, 0, size) + properties
         parts = [method, _FRAME_HEAD.pack(2, self.channel, len(header_payload)), header_payload, FRAME_END]
-        for start in range(0, size, self._body_max):
-            chunk = body[start:start + self._body_max]
-            parts += (_FRAME_HEAD.pack(3, self.channel, len(chunk)), chunk, FRAME_END)
+        if 0 < size <= self._body_max:  # the usual case: one body frame
+            parts += (_FRAME_HEAD.pack(3, self.channel, size), body, FRAME_END)
+        else:
+            for start in range(0, size, self._body_max):
+                chunk = body[start:start + self._body_max]
+                parts += (_FRAME_HEAD.pack(3, self.channel, len(chunk)), chunk, FRAME_END)
         return b"".join(parts)

@@ -7,14 +7,9 @@ Theory of operation (OpenSIPS ``rabbitmq_send.c`` + ``ipc.c`` sync replies):
   owns the worker (a ``Supervisor`` or ``workers.serve``) and inherited by the
   children.  It is bounded; a raise that finds it full fails at once with
   ``queue full`` instead of blocking the caller.
-* A job is plain data, built by the front-end::
-
-      (seq, reply_addr, sockets, body, raised_at)
-
-  ``sockets`` is a tuple of ``dataclasses.astuple(RabbitMQSocket)`` values,
-  ``body`` the payload bytes, ``raised_at`` the ``time.monotonic()`` of the
-  raise (CLOCK_MONOTONIC is system-wide on Linux, so the worker can age jobs),
-  ``reply_addr`` ``None`` for async jobs.
+* A job is plain data, built by the front-end: the event name, the
+  subscriber sockets, the body, the raise time and, for a sync raise, the
+  reply address and a sequence number (``workers/job.py`` has its bytes).
 * Sync replies travel over a per-process *reply pipe*: an ``AF_UNIX`` datagram
   socket in the abstract namespace, created lazily in the process that waits
   on it (never inherited across a fork).  A reply is ``(seq, statuses)``; each
@@ -34,9 +29,10 @@ import pickle
 import socket
 import threading
 import time
-from dataclasses import astuple
 
 from opsevent import Status
+from workers import job
+from workers.job import SocketBytes
 
 log = logging.getLogger(__name__)
 
@@ -111,49 +107,92 @@ class JobSender:
 
     Safe to share between threads, and inherited by forked children: the
     reply pipe is (re)made in whichever process first waits for a reply.
+
+    Raises refused here (queue full) or before it (too large) never reach
+    the worker, so this process counts them per subscription and sends its
+    totals to the worker's inbox (``inbox``, an AF_UNIX datagram address):
+    at most every ``REPORT_EVERY`` seconds while refusals go on, once more
+    after they stop, and at exit (``flush``).  The worker adds them to its
+    per-subscription stats.
     """
 
-    def __init__(self, job_queue):
+    REPORT_EVERY = 0.5
+
+    def __init__(self, job_queue, inbox: bytes | None = None):
         self._queue = job_queue
         self._seq = itertools.count(1)
         self._box: ReplyBox | None = None
         self._box_lock = threading.Lock()
-        self._wire: dict[int, tuple] = {}  # id(socket) -> (socket, wire tuple)
+        self._sockets = SocketBytes()
+        self._events: dict[str, bytes] = {}
         self.queue_full = 0  # async and sync raises refused because the queue was full
+        self._inbox = inbox
+        self._counts = _Counts()
 
-    def submit(self, sockets, body, sync, timeout):
-        wire = self._wire_sockets(sockets)
+    def submit(self, event, sockets, body, sync, timeout):
+        ev = self._events.get(event)
+        if ev is None:
+            ev = self._events[event] = event.encode("utf-8")
+        if self._counts.unsent:
+            self._report()
         if not sync:
-            if self._queue.put((0, None, wire, body, time.monotonic())):
+            if self._queue.put(job.encode(0, None, ev, self._sockets(sockets), body, time.monotonic())):
                 return _queued(len(sockets))
-            return self._refused(len(sockets))
-        return self._submit_sync(wire, body, timeout)
+            return self._refused(event, sockets)
+        return self._submit_sync(event, ev, sockets, body, timeout)
 
-    def _submit_sync(self, wire, body, timeout):
+    def _submit_sync(self, event, ev, sockets, body, timeout):
         box = self._reply_box()
         seq = next(self._seq)
         now = time.monotonic()
         box.expect(seq)
-        if not self._queue.put((seq, box.address, wire, body, now)):
+        if not self._queue.put(job.encode(seq, box.address, ev, self._sockets(sockets), body, now)):
             box.wait(seq, now)  # forget the seq
-            return self._refused(len(wire))
+            return self._refused(event, sockets)
         statuses = box.wait(seq, now + timeout)
         if statuses is None:
             reason = f"no status from the RabbitMQ worker within {timeout:g} s"
-            return ((Status.TIMEOUT, reason),) * len(wire)
+            return ((Status.TIMEOUT, reason),) * len(sockets)
         return tuple((Status(code), reason) for code, reason in statuses)
+
+    def note(self, event, sockets, status) -> None:
+        """Count a raise that opsevent refused before the transport (``too large``)."""
+        self._counts.add(os.getpid(), event, sockets, status.name.lower())
+        self._report()
 
     def flush(self, timeout: float) -> int:
         """Called as a front-end exits: hand over its buffered jobs (see ``JobQueue.flush``)."""
-        return self._queue.flush(timeout)
+        left = self._queue.flush(timeout)
+        if self._counts.unsent:
+            self._report(force=True)
+        return left
 
-    def _refused(self, n: int):
+    def _refused(self, event, sockets):
         self.queue_full += 1
         if self.queue_full == 1 or self.queue_full % 10000 == 0:
             log.warning("job queue full (%d jobs): %d raises refused so far in this process",
                         self._queue.maxsize, self.queue_full)
+        self._counts.add(os.getpid(), event, sockets, "dropped_queue_full")
+        self._report()
         reason = "the shared job queue is full; the RabbitMQ worker is not keeping up"
-        return ((Status.QUEUE_FULL, reason),) * n
+        return ((Status.QUEUE_FULL, reason),) * len(sockets)
+
+    def _report(self, force: bool = False) -> None:
+        counts = self._counts
+        if counts.pid != os.getpid():  # inherited across a fork: the parent's to report
+            counts.__init__()
+            return
+        now = time.monotonic()
+        if self._inbox is None or not (force or now - counts.sent_at >= self.REPORT_EVERY):
+            return
+        counts.sent_at, counts.unsent = now, False
+        data = pickle.dumps((os.getpid(), counts.table), protocol=pickle.HIGHEST_PROTOCOL)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            try:
+                sock.sendto(data, self._inbox)
+            except OSError:
+                counts.unsent = True  # the worker is restarting or busy: the next report carries it
 
     def _reply_box(self) -> ReplyBox:
         box = self._box
@@ -165,14 +204,23 @@ class JobSender:
                     box = self._box = ReplyBox()
         return box
 
-    def _wire_sockets(self, sockets) -> tuple:
-        wire = []
+
+class _Counts:
+    """This process's refusals per subscription: ``{(event, socket text): {what: n}}``, cumulative."""
+
+    def __init__(self):
+        self.pid = None
+        self.table: dict[tuple[str, str], dict[str, int]] = {}
+        self.unsent = False
+        self.sent_at = 0.0
+
+    def add(self, pid: int, event: str, sockets, what: str) -> None:
+        if pid != self.pid:  # a forked child starts its own count
+            self.pid, self.table = pid, {}
         for s in sockets:
-            hit = self._wire.get(id(s))
-            if hit is None or hit[0] is not s:
-                hit = self._wire[id(s)] = (s, astuple(s))
-            wire.append(hit[1])
-        return tuple(wire)
+            row = self.table.setdefault((event, str(s)), {})
+            row[what] = row.get(what, 0) + 1
+        self.unsent = True
 
 
 @functools.lru_cache(maxsize=64)

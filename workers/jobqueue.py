@@ -21,15 +21,20 @@ per-process overflow buffer and feeder thread when it has not.
   A small job is one frame; a big one (up to the 16 KiB body limit) is a
   few, which may interleave with other writers' frames and are put back
   together by job id (the writer's pid and a per-process counter).
-* A direct write happens only when ``FIONREAD`` says the pipe holds little
-  enough that the job fits with ``_SLACK`` to spare, so it cannot block even
-  with other writers racing; otherwise the job joins this process's overflow
-  buffer, in order, and the feeder thread writes it when the worker has
-  made room.  While the buffer is not empty every job goes through it, so a
-  process's jobs keep their order.
-* The worker reads each frame whole, header then payload: a worker killed
-  between two reads leaves the pipe at a frame boundary for its successor.
-  Frames of a job whose writer died half-way are dropped after a while.
+* The write end is non-blocking, so a direct write either puts a whole
+  frame in the pipe or fails with ``EAGAIN`` (pipe full) and writes nothing:
+  then the job (or the rest of a multi-frame job) joins this process's
+  overflow buffer, in order, and the feeder thread writes it when the worker
+  has made room.  While the buffer is not empty every job goes through it,
+  so a process's jobs keep their order.
+* Because every write is one whole frame, the pipe always holds whole
+  frames.  The worker asks how many bytes are there (``FIONREAD``) and reads
+  exactly that many in one ``read``: many jobs per system call, and the pipe
+  is left at a frame boundary, so a worker killed between two reads leaves
+  nothing torn for its successor.  Frames of a job whose writer died
+  half-way are dropped after a while.
+* A job's payload is bytes the caller encodes (``workers.channel``); this
+  module only frames, carries and counts them.
 """
 
 from __future__ import annotations
@@ -39,7 +44,6 @@ import fcntl
 import itertools
 import logging
 import os
-import pickle
 import select
 import struct
 import termios
@@ -51,10 +55,6 @@ log = logging.getLogger(__name__)
 _HEADER = struct.Struct("!IQHH")
 _PIPE_BUF = 4096
 _CHUNK = _PIPE_BUF - _HEADER.size
-# A pipe stores data in page-sized slots and a partly read page keeps its
-# slot; writers racing between the room check and the write add at most a
-# few frames each.  This much slack keeps "it fits" true.
-_SLACK = 64 * _PIPE_BUF
 _STALE_PARTIAL = 10.0  # seconds after which an unfinished multi-frame job is dropped
 _WANTED_PIPE_SIZE = 8 << 20
 _F_SETPIPE_SZ, _F_GETPIPE_SZ = 1031, 1032
@@ -77,6 +77,8 @@ class JobQueue:
         # Pre-fork: the pipe and the slot count, nothing else.
         self.maxsize = maxsize
         self._read_fd, self._write_fd = os.pipe()
+        # Every writer shares this end: non-blocking, so a full pipe is EAGAIN, never a wait.
+        os.set_blocking(self._write_fd, False)
         self.capacity = _grow_pipe(self._write_fd)
         self._slots = ctx.Semaphore(maxsize)
         self._local: _Local | None = None
@@ -86,18 +88,23 @@ class JobQueue:
 
     # ---- the front-end end -------------------------------------------------------
 
-    def put(self, job) -> bool:
-        """Put ``job`` on the queue without waiting; ``False`` when it is full."""
-        data = pickle.dumps(job, pickle.HIGHEST_PROTOCOL)
+    def put(self, parts) -> bool:
+        """Put one job, the concatenation of the byte strings ``parts``, without
+        waiting; ``False`` when the queue is full."""
         if not self._slots.acquire(False):
             return False
         local = self._here()
         with local.lock:
-            frames = _frames(data, (local.pid << 32) | (next(local.ids) & 0xFFFFFFFF))
-            if not local.overflow and self._room(sum(map(len, frames))):
-                for frame in frames:
-                    os.write(self._write_fd, frame)
-                return True
+            job_id = (local.pid << 32) | (next(local.ids) & 0xFFFFFFFF)
+            size = sum(map(len, parts))
+            if size <= _CHUNK:
+                frames = [b"".join((_HEADER.pack(size, job_id, 0, 1), *parts))]
+            else:
+                frames = _frames(b"".join(parts), job_id)
+            if not local.overflow:
+                frames = _write_some(self._write_fd, frames)
+                if not frames:
+                    return True
             local.overflow.append(frames)
             if local.feeder is None:
                 local.feeder = threading.Thread(target=self._feed, args=(local,), name="opsevent-feeder",
@@ -105,9 +112,6 @@ class JobQueue:
                 local.feeder.start()
             local.wake.notify()
         return True
-
-    def _room(self, size: int) -> bool:
-        return _bytes_in(self._read_fd) + size + _SLACK <= self.capacity
 
     def _here(self) -> _Local:
         local = self._local
@@ -119,16 +123,25 @@ class JobQueue:
         return local
 
     def _feed(self, local: _Local) -> None:
-        # The overflow path: blocking writes of atomic frames, in this thread only.
+        # The overflow path, in this thread only: wait for room, write frames.
+        fd = self._write_fd
         while True:
             with local.lock:
                 while not local.overflow:
                     local.wake.wait()
                 frames = local.overflow[0]
-            for frame in frames:
-                os.write(self._write_fd, frame)
+            left = _write_some(fd, frames)
             with local.lock:
-                local.overflow.popleft()
+                if left:
+                    local.overflow[0] = left
+                else:
+                    local.overflow.popleft()
+            if left:
+                select.select([], [fd], [], 1.0)
+
+    def depth(self) -> int:
+        """Jobs queued: in the pipe, in overflow buffers, or read by the worker and not yet taken."""
+        return self.maxsize - self._slots.get_value()
 
     def unsent(self) -> int:
         """Jobs of this process still in its overflow buffer."""
@@ -155,24 +168,44 @@ class JobQueue:
     def attach_reader(self) -> None:
         """Post-fork, in the worker.  Front-ends only ask this end how full it is."""
         os.set_blocking(self._read_fd, False)
+        self._ready: collections.deque = collections.deque()
 
     def receive(self, limit: int) -> list:
-        """Up to ``limit`` whole jobs already in the pipe; never waits for one."""
-        fd, jobs = self._read_fd, []
-        while len(jobs) < limit:
-            try:
-                header = os.read(fd, _HEADER.size)
-            except BlockingIOError:
-                break
-            size, job_id, index, count = _HEADER.unpack(_read_exactly(fd, header, _HEADER.size))
-            payload = _read_exactly(fd, b"", size)
-            if count > 1:
-                payload = self._assemble(job_id, index, count, payload)
-                if payload is None:
-                    continue
-            jobs.append(pickle.loads(payload))
+        """Up to ``limit`` whole job payloads; never waits for one.
+
+        Jobs read from the pipe beyond ``limit`` wait in the worker (at most
+        one pipe's worth) and keep their queue slots until handed out, so
+        ``maxsize`` still bounds every job not yet taken.
+        """
+        ready = self._ready
+        if len(ready) < limit:
+            self._read_pipe(ready)
+        n = min(limit, len(ready))
+        jobs = [ready.popleft() for _ in range(n)]
+        for _ in range(n):
             self._slots.release()
         return jobs
+
+    def _read_pipe(self, ready) -> None:
+        size = _bytes_in(self._read_fd)
+        if not size:
+            return
+        data = memoryview(_read_exactly(self._read_fd, b"", size))
+        at, unpack = 0, _HEADER.unpack_from
+        while at < size:
+            length, job_id, index, count = unpack(data, at)
+            at += _HEADER.size
+            payload = data[at:at + length]
+            at += length
+            if count > 1:
+                payload = self._assemble(job_id, index, count, bytes(payload))
+                if payload is None:
+                    continue
+            ready.append(payload)
+
+    def waiting(self) -> int:
+        """Worker side: jobs read from the pipe and not yet handed out."""
+        return len(self._ready)
 
     def _assemble(self, job_id: int, index: int, count: int, payload: bytes):
         _unused_started, frames = self._partial.setdefault(job_id, (time.monotonic(), {}))
@@ -193,7 +226,8 @@ class JobQueue:
             log.error("dropped a job whose writer died half-way through it (%d so far)", self.torn)
 
     def pending_bytes(self) -> int:
-        return _bytes_in(self._read_fd)
+        """Worker side: bytes in the pipe plus a token for each job read and not taken."""
+        return _bytes_in(self._read_fd) + len(getattr(self, "_ready", ()))
 
     def close(self) -> None:
         for fd in (self._read_fd, self._write_fd):
@@ -207,6 +241,16 @@ def _frames(data: bytes, job_id: int) -> list[bytes]:
     count = (len(data) + _CHUNK - 1) // _CHUNK or 1
     return [_HEADER.pack(len(chunk), job_id, index, count) + chunk
             for index, chunk in ((i, data[i * _CHUNK:(i + 1) * _CHUNK]) for i in range(count))]
+
+
+def _write_some(fd: int, frames: list[bytes]) -> list[bytes]:
+    """Write frames until the pipe is full; return those not written."""
+    for i, frame in enumerate(frames):
+        try:
+            os.write(fd, frame)  # at most PIPE_BUF bytes: all of it, or EAGAIN and none
+        except BlockingIOError:
+            return frames[i:]
+    return []
 
 
 def _bytes_in(fd: int) -> int:

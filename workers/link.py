@@ -58,22 +58,20 @@ log = logging.getLogger(__name__)
 IDLE, CONNECTING, READY, CLOSING, CLOSED = "idle", "connecting", "ready", "closing", "closed"
 SWITCHING = "switching"  # failing back: no new writes, waiting for confirms, then close
 _NO_EXCHANGE = re.compile(r"no exchange '(.*)' in vhost")
-_PROPERTIES = {False: spec.BasicProperties(content_type="text/plain"),
-               True: spec.BasicProperties(content_type="text/plain", delivery_mode=2)}
-
-
 class Item:
     """One job's publish to one socket."""
 
-    __slots__ = ("job", "index", "exchange", "routing_key", "body", "raised_at", "deadline", "returned",
-                 "resolved")
+    __slots__ = ("job", "index", "exchange", "routing_key", "body", "properties", "counts", "raised_at",
+                 "deadline", "returned", "resolved")
 
-    def __init__(self, job, index, exchange, routing_key, body, raised_at, deadline):
+    def __init__(self, job, index, exchange, routing_key, body, properties, counts, raised_at, deadline):
         self.job = job
         self.index = index
         self.exchange = exchange
         self.routing_key = routing_key
         self.body = body
+        self.properties = properties  # marshalled basic.properties (workers.amqp.MessageProperties)
+        self.counts = counts  # the subscription's counters: {what: n}
         self.raised_at = raised_at  # monotonic time of the raise, in the front-end
         self.deadline = deadline  # monotonic time a sync caller stops waiting; None for async
         self.returned = None  # basic.return reply text, when the broker returned it
@@ -131,7 +129,7 @@ class BrokerLink:
 
     def _write(self, item: Item) -> None:
         try:
-            frames = self._publisher.frames(item.exchange, item.routing_key, item.body)
+            frames = self._publisher.frames(item.exchange, item.routing_key, item.body, item.properties)
         except ValueError as exc:
             self._resolve(item, Status.FAILED, str(exc))
             return
@@ -139,6 +137,7 @@ class BrokerLink:
         self.inflight[self._tag] = item
         self._out.append(frames)
         self.stats["published"] += 1
+        item.counts["published"] += 1
 
     def flush(self) -> None:
         """Hand everything written since the last flush to pika as one buffer."""
@@ -164,6 +163,8 @@ class BrokerLink:
         """Plain counters and state, for the stats file."""
         return {"state": self.state, "endpoint": _hostport(*self.endpoints[self._index]),
                 "blocked": bool(self.blocked), "pending": len(self.pending), "inflight": len(self.inflight),
+                "backlog": len(self.pending) + len(self.inflight),
+                "reconnects": max(0, self.stats["connects"] - 1),
                 "last_error": self.last_error, "failovers": 0, "failbacks": 0, **self.stats}
 
     # ---- connection ----------------------------------------------------------
@@ -219,7 +220,7 @@ class BrokerLink:
         channel.confirm_delivery(self._on_confirm, callback=self._on_confirm_ok)
 
     def _on_confirm_ok(self, _unused_frame) -> None:
-        self._publisher = Publisher(self._channel.channel_number, _PROPERTIES[self.settings.persistent],
+        self._publisher = Publisher(self._channel.channel_number,
                                     self._conn.params.frame_max)
         self._tag = 0
         self.stats["connects"] += 1
@@ -248,7 +249,7 @@ class BrokerLink:
             reason = (f"access refused for user '{user}' at {_hostport(*self.endpoints[self._index])} "
                       f"(vhost '{vhost}')")
         else:
-            detail = _describe(error, self.settings.tls_ca_file)
+            detail = _describe(error, self.settings.tls_ca_file, self.settings.tls_cert_file is not None)
             reason = f"cannot connect to {self._where()}: {detail}"
         self._lost(reason, connect_failed=True, detail=detail)
 
@@ -350,22 +351,21 @@ class BrokerLink:
 
     def _on_confirm(self, frame) -> None:
         method = frame.method
-        acked = isinstance(method, spec.Basic.Ack)
+        inflight = self.inflight
         if method.multiple:
-            tags = []
-            for tag in self.inflight:
-                if tag > method.delivery_tag:
-                    break
-                tags.append(tag)
+            # Acks come in order and cover every tag up to this one: take them off the front.
+            last, items = method.delivery_tag, []
+            while inflight and next(iter(inflight)) <= last:
+                items.append(inflight.popitem(last=False)[1])
         else:
-            tags = [method.delivery_tag]
-        for tag in tags:
-            item = self.inflight.pop(tag, None)
-            if item is None:
-                continue
-            if not acked:
+            item = inflight.pop(method.delivery_tag, None)
+            items = () if item is None else (item,)
+        if not isinstance(method, spec.Basic.Ack):
+            for item in items:
                 self._resolve(item, Status.NACKED, f"{self.label}: the broker nacked the message")
-            elif item.returned is not None:
+            return
+        for item in items:
+            if item.returned is not None:
                 self._resolve(item, Status.UNROUTABLE, item.returned)
             else:
                 self._resolve(item, Status.CONFIRMED)
@@ -443,6 +443,7 @@ class BrokerLink:
             item = pending.popleft()
             if not item.resolved:
                 self.stats["dropped_expired"] += 1
+                item.counts["dropped_expired"] += 1
                 self._resolve(item, Status.FAILED, f"{self.label}: dropped, waited {now - item.raised_at:.1f} s "
                                                    f"for the broker (backlog_age {self.settings.backlog_age:g} s)")
 
@@ -496,7 +497,7 @@ def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _describe(error, ca_file: str | None = None) -> str:
+def _describe(error, ca_file: str | None = None, client_cert: bool = True) -> str:
     """A short, password-free account of a pika error."""
     # pika wraps a failed connection workflow in two layers; the last
     # attempt's own exception is what says what went wrong.
@@ -512,8 +513,8 @@ def _describe(error, ca_file: str | None = None) -> str:
     if isinstance(error, AMQPConnectorPhaseErrorBase):
         phase = "TCP connect" if isinstance(error, AMQPConnectorSocketConnectError) else "set-up"
         inner = error.exception
-        return tls.explain(inner, ca_file) or f"{phase} failed: {getattr(inner, 'strerror', None) or inner}"
-    explained = tls.explain(error, ca_file)
+        return tls.explain(inner, ca_file, client_cert) or f"{phase} failed: {getattr(inner, 'strerror', None) or inner}"
+    explained = tls.explain(error, ca_file, client_cert)
     if explained:
         return explained
     text = str(error) or type(error).__name__

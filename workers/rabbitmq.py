@@ -14,17 +14,19 @@ the broker's confirms until ``drain_timeout``, then closes the connections.
 from __future__ import annotations
 
 import collections
-import functools
 import json
 import logging
 import os
+import pickle
 import signal
+import socket
 import time
 
 from pika.adapters.select_connection import IOLoop, PollEvents
 
 from opsevent import RabbitMQSocket, Status
-from workers import logs
+from workers import job, logs
+from workers.amqp import MessageProperties
 from workers.channel import Replier
 from workers.jobqueue import JobQueue
 from workers.link import BrokerLink, Item
@@ -41,7 +43,28 @@ JOBS_PER_TURN = 4096  # jobs read before pika gets a turn, so confirms and heart
 TICK = 0.05  # seconds between sweeps for sync deadlines and silent brokers
 DRAIN_QUIET = 0.3  # seconds the pipe must stay empty before a draining worker closes
 STATS_EVERY = 1.0  # seconds between two snapshots in the stats file
+TARGETS_CACHED = 4096  # distinct (event, subscribers) job shapes remembered
+INBOX_MAX = 1 << 20  # bytes of one front-end report
+CONTENT_TYPES = {"lines": "text/plain", "json": "application/json"}
+# Per subscription, as (event, socket text): what the worker saw happen to its
+# events; the front-ends add raises refused before the worker (queue full, too large).
+SUBSCRIPTION_COUNTERS = ("queued", "published") + tuple(s.value for s in Status if s not in (
+    Status.QUEUED, Status.QUEUE_FULL, Status.TOO_LARGE, Status.NOT_RUNNING)) + ("dropped_expired",)
+FRONTEND_COUNTERS = ("dropped_queue_full", "too_large")
 LOG_EVERY = 10.0  # seconds between two log lines about the same kind of async failure
+
+
+class _Target:
+    """One subscriber of a job as the worker sees it: where it goes, how, and its counters."""
+
+    __slots__ = ("exchange", "routing_key", "link", "counts", "head")
+
+    def __init__(self, exchange, routing_key, link, counts, head):
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.link = link
+        self.counts = counts
+        self.head = head  # the fixed part of its messages' properties
 
 
 class Job:
@@ -55,9 +78,10 @@ class Job:
 
 
 class RabbitMQWorker:
-    def __init__(self, jobs: JobQueue, settings, stats_path: str | None = None):
+    def __init__(self, jobs: JobQueue, settings, stats_path: str | None = None, inbox: bytes | None = None):
         # Called pre-fork: stores configuration only.
         self.jobs = jobs
+        self.inbox_address = inbox  # where front-ends send the raises they refused (JobSender)
         self.settings = settings
         self.stats_path = stats_path  # where a JSON snapshot of the counters goes every STATS_EVERY s
         self.links: dict[tuple, BrokerLink] = {}
@@ -68,6 +92,9 @@ class RabbitMQWorker:
         self.stop_requested = False
         self.finished = False
         self._failures = {}  # status -> (count since last log line, time of that line)
+        self._targets: dict[tuple[bytes, bytes], tuple] = {}  # (event, sockets bytes) -> _Target per subscriber
+        self.subscriptions: dict[tuple[str, str], dict[str, int]] = {}  # (event, socket text) -> counters
+        self.frontend_counts: dict[int, dict] = {}  # pid -> its latest report: {(event, socket text): {what: n}}
 
     # ---- life cycle ------------------------------------------------------------
 
@@ -89,6 +116,16 @@ class RabbitMQWorker:
         self.ioloop = IOLoop()
         self.ioloop.activate_poller()  # what IOLoop.start() would do; we turn the loop ourselves
         self.replier = Replier()
+        self.properties = MessageProperties(self.settings.app_id)
+        self._message_prefix = f"{os.urandom(6).hex()}-"
+        self._message_no = 0
+        self._wall_offset = time.time() - time.monotonic()
+        self.inbox = None
+        if self.inbox_address is not None:
+            self.inbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self.inbox.setblocking(False)
+            self.inbox.bind(self.inbox_address)  # abstract: a dead predecessor's is free
+            self.ioloop.add_handler(self.inbox.fileno(), self._on_inbox, PollEvents.READ)
         self.jobs.attach_reader()
         self.ioloop.add_handler(self.jobs.fileno(), self._on_jobs, PollEvents.READ)
         self._tick_timer = self.ioloop.call_later(TICK, self._tick)
@@ -120,6 +157,9 @@ class RabbitMQWorker:
                 link.close()
                 link.abort("worker exiting")
         self.replier.close()
+        if self.inbox is not None:
+            self._on_inbox(None, None)  # the last reports of exiting front-ends
+            self.inbox.close()
         self.write_stats()
         log.info("RabbitMQ worker stopped: %s", _format_stats(self.stats))
         logs.before_child_exit(self.ppid)
@@ -127,7 +167,7 @@ class RabbitMQWorker:
     # ---- jobs --------------------------------------------------------------------
 
     def _on_jobs(self, _unused_fd, _unused_events) -> None:
-        # Small reads, checking the bounds between them: a batch of big or
+        # Small batches, checking the bounds between them: a batch of big or
         # widely fanned-out jobs must not overshoot the memory bound.
         for _ in range(JOBS_PER_TURN // JOBS_PER_READ):
             room = self.settings.backlog_size - self.outstanding  # exact for one subscriber per job
@@ -135,8 +175,8 @@ class RabbitMQWorker:
                 break
             want = min(JOBS_PER_READ, room)
             jobs = self.jobs.receive(want)
-            for job in jobs:
-                self.handle(job)
+            for payload in jobs:
+                self.handle(payload)
             if len(jobs) < want or self._saturated():
                 break
         for link in self.links.values():
@@ -157,31 +197,57 @@ class RabbitMQWorker:
             self.ioloop.add_handler(self.jobs.fileno(), self._on_jobs, PollEvents.READ)
             self.reading = True
 
-    def handle(self, job) -> None:
-        seq, reply, sockets, body, raised_at = job
+    def handle(self, payload) -> None:
+        seq, reply, event, sockets, body, raised_at = job.decode(payload)
         self.stats["jobs"] += 1
+        targets = self._targets.get((event, sockets)) or self._new_targets(event, sockets)
+        n = len(targets)
         # Nobody waits for an async job's statuses: one shared record serves them all.
-        record = _ASYNC if reply is None else Job(seq, reply, len(sockets))
+        record = _ASYNC if reply is None else Job(seq, reply, n)
         deadline = None
         if reply is not None:
             # Answer a little before the caller gives up, so it gets the reason.
             timeout = self.settings.sync_timeout
             deadline = raised_at + timeout - min(0.05, timeout / 10)
             if deadline <= time.monotonic():
-                for i in range(len(sockets)):
+                for i in range(n):
+                    targets[i].counts["queued"] += 1
                     self._finish(record, i, Status.TIMEOUT, "the caller gave up before the worker read the job")
                 return
-        self.outstanding += len(sockets)
-        self.outstanding_bytes += len(sockets) * len(body)
-        for i, wire in enumerate(sockets):
-            sock = _socket(wire)
+        self.outstanding += n
+        self.outstanding_bytes += n * len(body)
+        # The message id names the event: the same for each subscriber's copy and
+        # for a copy published again after a reconnect, so consumers can drop duplicates.
+        self._message_no += 1
+        tail = self.properties.tail(f"{self._message_prefix}{self._message_no}", int(raised_at + self._wall_offset))
+        for i, t in enumerate(targets):
+            t.counts["queued"] += 1
+            t.link.submit(Item(record, i, t.exchange, t.routing_key, body, t.head + tail, t.counts,
+                               raised_at, deadline))
+
+    def _new_targets(self, event: bytes, sockets: bytes) -> tuple:
+        """Where and how a job of these subscribers goes; cached by the job's bytes."""
+        if len(self._targets) >= TARGETS_CACHED:
+            self._targets.clear()  # the counters live on in self.subscriptions
+        targets = []
+        name = event.decode("utf-8", "replace")
+        for wire in job.load_sockets(sockets):
+            sock = RabbitMQSocket(*wire)
             link = self.links.get(sock.broker)
             if link is None:
                 link = self.links[sock.broker] = BrokerLink(
                     sock.broker, sock.broker_label, self.settings, self.ioloop, self._done)
-            link.submit(Item(record, i, sock.exchange, sock.routing_key, body, raised_at, deadline))
+            counts = self.subscriptions.get((name, str(sock)))
+            if counts is None:
+                counts = self.subscriptions[(name, str(sock))] = dict.fromkeys(SUBSCRIPTION_COUNTERS, 0)
+            body_format = sock.format or self.settings.format
+            head = self.properties.head(event, CONTENT_TYPES[body_format], sock.persistent or self.settings.persistent)
+            targets.append(_Target(sock.exchange, sock.routing_key, link, counts, head))
+        targets = self._targets[(event, sockets)] = tuple(targets)
+        return targets
 
     def _done(self, item: Item, status: Status, reason: str) -> None:
+        item.counts[status.value] += 1
         self.outstanding -= 1
         self.outstanding_bytes -= len(item.body)
         if not self.reading:
@@ -198,6 +264,18 @@ class RabbitMQWorker:
         job.remaining -= 1
         if job.remaining == 0:
             self.replier.send(job.reply, job.seq, tuple(job.statuses))
+
+    def _on_inbox(self, _unused_fd, _unused_events) -> None:
+        for _ in range(64):
+            try:
+                data = self.inbox.recv(INBOX_MAX)
+            except (BlockingIOError, InterruptedError):
+                return
+            try:
+                pid, table = pickle.loads(data)
+                self.frontend_counts[int(pid)] = dict(table)
+            except Exception as exc:  # a report is advisory: never let one stop the worker
+                log.warning("ignored a malformed front-end report (%d bytes): %s", len(data), exc)
 
     def _log_async_failure(self, status: Status, reason: str) -> None:
         # One line per kind of failure per interval, with the count: a dead
@@ -220,13 +298,34 @@ class RabbitMQWorker:
             self._drain_step(now)
         if now >= self._stats_due:
             self._stats_due = now + STATS_EVERY
+            self._wall_offset = time.time() - now  # follows clock steps for message timestamps
             self.write_stats()
         self._tick_timer = self.ioloop.call_later(TICK, self._tick)
 
     def snapshot(self) -> dict:
-        """Every counter as plain data: totals by status, and per broker."""
+        """Every counter as plain data: totals by status, per broker and per subscription."""
         return {"pid": os.getpid(), "time": time.time(), "outstanding": self.outstanding, **self.stats,
-                "brokers": {link.label: link.snapshot() for link in self.links.values()}}
+                "queue_depth": self.jobs.depth(),
+                "brokers": {link.label: link.snapshot() for link in self.links.values()},
+                "subscriptions": self.subscription_stats()}
+
+    def subscription_stats(self) -> list[dict]:
+        """Per (event, socket): raised = queued + refused by the front-ends; then what became of them."""
+        rows = {key: dict(counts) for key, counts in self.subscriptions.items()}
+        for table in self.frontend_counts.values():
+            for key, counts in table.items():
+                row = rows.get(key)
+                if row is None:
+                    row = rows[key] = dict.fromkeys(SUBSCRIPTION_COUNTERS, 0)
+                for what in FRONTEND_COUNTERS:
+                    row[what] = row.get(what, 0) + counts.get(what, 0)
+        out = []
+        for (event, sock), row in sorted(rows.items()):
+            for what in FRONTEND_COUNTERS:
+                row.setdefault(what, 0)
+            raised = row["queued"] + row["dropped_queue_full"] + row["too_large"]
+            out.append({"event": event, "socket": sock, "raised": raised, **row})
+        return out
 
     def write_stats(self) -> None:
         if self.stats_path is None:
@@ -277,15 +376,10 @@ class RabbitMQWorker:
 _ASYNC = Job(0, None, 0)
 
 
-@functools.lru_cache(maxsize=1024)
-def _socket(wire: tuple) -> RabbitMQSocket:
-    return RabbitMQSocket(*wire)
-
-
 def _format_stats(stats) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(stats.items())) or "no jobs"
 
 
-def worker_main(jobs: JobQueue, settings, stats_path: str | None = None) -> None:
+def worker_main(jobs: JobQueue, settings, stats_path: str | None = None, inbox: bytes | None = None) -> None:
     """The body of the RabbitMQ worker process."""
-    RabbitMQWorker(jobs, settings, stats_path).run()
+    RabbitMQWorker(jobs, settings, stats_path, inbox).run()

@@ -90,15 +90,18 @@ class Service:
         self.jobs = JobQueue(self.ctx, self.settings.queue_size)
         self._stats_dir = tempfile.mkdtemp(prefix="opsevent-stats-")
         self.stats_path = os.path.join(self._stats_dir, "worker.json")
-        self.evi.attach(JobSender(self.jobs))
+        # The worker's inbox for front-ends' refusal counts: an abstract
+        # address fixed now, bound by each worker process it starts.
+        self.inbox = b"\0opsevent-inbox-%d-%s" % (os.getpid(), os.urandom(6).hex().encode())
+        self.evi.attach(JobSender(self.jobs, self.inbox))
         self.spawn_worker()
         if self.control is not None:
             self.control.start()
         return self
 
     def spawn_worker(self) -> None:
-        self.process = self.ctx.Process(target=worker_main, args=(self.jobs, self.settings, self.stats_path),
-                                        name=WORKER_NAME, daemon=False)
+        self.process = self.ctx.Process(target=worker_main, name=WORKER_NAME, daemon=False,
+                                        args=(self.jobs, self.settings, self.stats_path, self.inbox))
         self.process.start()
         log.info("started %s pid %d", WORKER_NAME, self.process.pid)
 
@@ -125,13 +128,19 @@ class Service:
         """The RabbitMQ worker's latest counters (refreshed every second and at exit).
 
         Keys: ``jobs``, one count per status (``confirmed``, ``failed``,
-        ``unroutable``, ...), and ``brokers``: per broker (labelled without
-        password) its state, ``pending``, ``inflight``, ``published``,
-        ``connects``, ``connection_lost``, ``republished``,
-        ``dropped_expired``, ``last_error``; with a worker that counts them,
-        also ``subscriptions`` (per event and masked socket) and
-        ``queue_depth``.  ``{}`` until the worker's first snapshot.
-        Counters restart with a new worker process.
+        ``unroutable``, ...), ``queue_depth`` (jobs waiting in the shared
+        queue), ``brokers``: per broker (labelled without password) its
+        ``state``, ``endpoint``, ``backlog`` (= ``pending`` + ``inflight``),
+        ``published``, ``connects``, ``reconnects``, ``connection_lost``,
+        ``republished``, ``failovers``, ``failbacks``, ``dropped_expired``,
+        ``last_error``; and ``subscriptions``: one row per event and
+        subscriber (socket text, password masked) with ``raised`` (=
+        ``queued`` + ``dropped_queue_full`` + ``too_large``), ``queued``,
+        ``published`` (republished copies included), ``confirmed``,
+        ``nacked``, ``unroutable``, ``failed`` (of which
+        ``dropped_expired``), ``timeout``.  ``{}`` until the worker's first
+        snapshot.  Counters restart with a new worker process (a front-end's
+        refusal counts come back with its next report).
         """
         try:
             with open(self.stats_path) as f:

@@ -73,8 +73,13 @@ def _encrypted(key: str):
     return refuse
 
 
-def explain(error: BaseException, ca_file: str | None) -> str | None:
-    """A user's account of a failed TLS handshake, or None when *error* is not one."""
+def explain(error: BaseException, ca_file: str | None, client_cert: bool = True) -> str | None:
+    """A user's account of a failed TLS handshake, or None when *error* is not one.
+
+    ``client_cert``: whether we offered a client certificate.  In TLS 1.3 a
+    broker that wants one checks it after our side of the handshake is done,
+    and its alert may be lost as it drops the connection: we see only an EOF.
+    """
     if isinstance(error, ssl.SSLCertVerificationError):
         why = (error.verify_message or str(error)).rstrip(".")
         hint = "; tls_verify_hostname=False skips the name check" if "mismatch" in why else ""
@@ -83,4 +88,7 @@ def explain(error: BaseException, ca_file: str | None) -> str | None:
     for word, meaning in _ALERTS:
         if word in text:
             return f"TLS handshake failed: {meaning}"
+    if not client_cert and "EOF occurred in violation of protocol" in text:
+        return ("TLS handshake failed: the broker closed the connection as it began, as brokers that require "
+                "a client certificate do: set tls_cert_file and tls_key_file")
     return None

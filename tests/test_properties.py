@@ -1,0 +1,152 @@
+"""Message properties and per-subscription stats, read back from the private broker."""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+import socket
+import time
+
+import pytest
+
+import opsevent
+import workers
+from opsevent import MAX_BODY_SIZE, Status, parse_socket
+from tests.helpers import wait_for
+from workers import job
+from workers.broker import declare_queue
+from workers.channel import JobSender
+from workers.jobqueue import JobQueue
+from workers.job import SocketBytes
+
+pytestmark = pytest.mark.broker
+
+
+def get_messages(broker, queue: str, count: int, timeout: float = 10.0) -> list:
+    """``(properties, body)`` of ``count`` messages taken from ``queue``."""
+    conn = broker.connect()
+    try:
+        channel, got = conn.channel(), []
+        deadline = time.monotonic() + timeout
+        while len(got) < count:
+            assert time.monotonic() < deadline, f"{queue}: {len(got)} of {count} messages arrived"
+            method, props, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                time.sleep(0.02)
+            else:
+                got.append((props, body))
+        return got
+    finally:
+        conn.close()
+
+
+# (socket after the broker's address, interface settings, content type, delivery mode)
+PROPERTY_CASES = [
+    ("/{q}", {}, "text/plain", None),
+    ("/format=json?{q}", {}, "application/json", None),
+    ("/persistent;?{q}", {}, "text/plain", 2),
+    ("/{q}", {"persistent": True}, "text/plain", 2),
+    ("/{q}", {"format": "json"}, "application/json", None),
+    ("/format=lines;persistent?{q}", {"format": "json", "app_id": "sbc-7"}, "text/plain", 2),
+]
+
+
+@pytest.mark.parametrize("target, settings, content_type, delivery_mode", PROPERTY_CASES)
+def test_every_message_carries_its_content_type_delivery_mode_event_header_time_id_and_app_id(
+        broker, queue_name, target, settings, content_type, delivery_mode):
+    declare_queue(broker, queue_name)
+    evi = opsevent.EventInterface(sync_mode=True, **settings)
+    evi.subscribe_event("E_PROPS", f"rabbitmq:{broker.host}:{broker.port}" + target.format(q=queue_name))
+    before = int(time.time())
+    with workers.serve(evi, install_logging=False):
+        for i in range(3):
+            assert evi.raise_event("E_PROPS", {"i": i})
+    after = int(time.time()) + 1
+    messages = get_messages(broker, queue_name, 3)
+    for props, body in messages:
+        assert props.content_type == content_type and props.delivery_mode == delivery_mode
+        assert props.headers == {"event": "E_PROPS"}
+        assert props.app_id == settings.get("app_id", "opsevent")
+        assert before <= props.timestamp <= after
+        assert opsevent.decode_event(body)[0] == "E_PROPS"
+    assert len({props.message_id for props, _ in messages}) == 3  # one id per event
+
+
+def test_each_subscribers_copy_of_one_event_has_the_same_message_id(broker, queue_name):
+    queues = [queue_name, queue_name + ".2"]
+    evi = opsevent.EventInterface(sync_mode=True)
+    for q in queues:
+        declare_queue(broker, q)
+        evi.subscribe_event("E_FAN", broker.socket(q))
+    with workers.serve(evi, install_logging=False):
+        assert evi.raise_event("E_FAN", {"n": 1}) and evi.raise_event("E_FAN", {"n": 2})
+    first, second = (get_messages(broker, q, 2) for q in queues)
+    assert [p.message_id for p, _ in first] == [p.message_id for p, _ in second]
+    assert first[0][0].message_id != first[1][0].message_id
+
+
+def test_stats_count_each_subscriptions_events_by_outcome(broker, queue_name):
+    declare_queue(broker, queue_name)
+    good, nowhere = broker.socket(queue_name), broker.socket(queue_name + ".none")  # no such queue
+    evi = opsevent.EventInterface(sync_mode=True)
+    for sock in (good, nowhere):
+        evi.subscribe_event("E_COUNT", sock)
+    with workers.serve(evi, install_logging=False) as service:
+        for i in range(4):
+            evi.raise_event("E_COUNT", {"i": i})
+        assert evi.raise_event("E_COUNT", {"big": "x" * MAX_BODY_SIZE}).failures[0].status is Status.TOO_LARGE
+        rows = wait_for(lambda: _rows(service.stats(), "E_COUNT", 8), 5, "per-subscription stats")
+    expected = {"raised": 5, "queued": 4, "published": 4, "confirmed": 4, "unroutable": 0, "failed": 0,
+                "too_large": 1, "dropped_queue_full": 0}
+    row = rows[str(parse_socket(good))]
+    assert {what: row[what] for what in expected} == expected
+    assert rows[str(parse_socket(nowhere))]["unroutable"] == 4
+    assert rows[str(parse_socket(nowhere))]["confirmed"] == 0
+
+
+def _rows(stats: dict, event: str, queued: int) -> dict | None:
+    rows = {row["socket"]: row for row in stats.get("subscriptions", ()) if row["event"] == event}
+    if sum(row["queued"] for row in rows.values()) == queued and all(
+            row["too_large"] for row in rows.values()):
+        return rows
+    return None
+
+
+def test_a_front_end_reports_its_queue_full_refusals_to_the_workers_inbox():
+    inbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    address = b"\0opsevent-test-inbox-%d" % id(inbox)
+    inbox.bind(address)
+    inbox.settimeout(5)
+    jobs = JobQueue(multiprocessing.get_context("fork"), maxsize=1)
+    sender = JobSender(jobs, address)
+    sock = parse_socket("rabbitmq:alice:s3cr3t@127.0.0.1/q")
+    try:
+        assert sender.submit("E_FULL", (sock,), b"E_FULL\n", False, 1.0)[0][0] is Status.QUEUED
+        for _ in range(3):
+            assert sender.submit("E_FULL", (sock,), b"E_FULL\n", False, 1.0)[0][0] is Status.QUEUE_FULL
+        sender.flush(0.1)  # at exit: whatever the rate limit held back
+        reports = []
+        while not reports or reports[-1][1] != {("E_FULL", str(sock)): {"dropped_queue_full": 3}}:
+            reports.append(pickle.loads(inbox.recv(65536)))
+        assert "s3cr3t" not in repr(reports)
+    finally:
+        inbox.close()
+        jobs.close()
+
+
+def test_a_jobs_bytes_decode_to_what_the_front_end_encoded():
+    sock = parse_socket("rabbitmq:u:p@mq:5673/ex?key")
+    sockets = SocketBytes()((sock,))
+    for seq, reply, event, body in [(0, None, b"E", b""), (7, b"\0reply-1", "É".encode(), b"x" * 20000)]:
+        payload = b"".join(job.encode(seq, reply, event, sockets, body, 12.5))
+        assert job.decode(payload) == (seq, reply, event, sockets, body, 12.5)
+        assert job.decode(memoryview(payload)) == (seq, reply, event, sockets, body, 12.5)
+    assert job.load_sockets(sockets)[0][:4] == ("u", "p", "mq", 5673)
+
+
+def test_the_front_end_pickles_a_subscriber_tuple_once_and_again_only_for_a_new_tuple():
+    cache, sockets = SocketBytes(), (parse_socket("rabbitmq:mq/q"),)
+    first = cache(sockets)
+    assert cache(sockets) is first
+    again = (parse_socket("rabbitmq:mq/q"),)  # equal, but another tuple: pickled anew, same bytes
+    assert cache(again) == first and cache(again) is not first
