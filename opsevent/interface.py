@@ -184,6 +184,8 @@ class Settings:
         _check_tls(self)
 
 
+_RESULTS_KEPT = 1024  # events whose last result is kept for reuse
+
 _SETTING_NAMES = frozenset(f.name for f in fields(Settings))
 
 
@@ -271,6 +273,10 @@ class EventInterface:
                                  **settings)
         self.subscriptions = Subscriptions()
         self._transport: Transport | None = None
+        # event -> (sockets, statuses, result) of its last raise: a transport
+        # answers async raises with the same statuses object every time, and
+        # the result is immutable, so it is built once, not per raise.
+        self._last: dict[str, tuple] = {}
 
     @property
     def transport(self) -> Transport | None:
@@ -354,9 +360,15 @@ class EventInterface:
                                     settings.sync_timeout)
         if len(statuses) != len(sockets):
             _wrong_count(transport, statuses, sockets)
-        return RaiseResult(event, tuple(
+        last = self._last.get(event)
+        if last is not None and last[0] is sockets and last[1] is statuses:
+            return last[2]
+        result = RaiseResult(event, tuple(
             Delivery(socket, status, reason)
             for socket, (status, reason) in zip(sockets, statuses)))
+        if last is not None or len(self._last) < _RESULTS_KEPT:
+            self._last[event] = (sockets, statuses, result)
+        return result
 
     def _raise_formats(self, event: str, params,
                        sockets: tuple[RabbitMQSocket, ...]) -> RaiseResult:

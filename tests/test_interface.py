@@ -422,3 +422,17 @@ def test_the_transport_gets_the_event_name_and_is_told_of_too_large_raises_per_f
     plain = interface("rabbitmq:mq/c", transport=transport)
     plain.raise_event("E_SIP_MESSAGE", {"big": "x" * MAX_BODY_SIZE})
     assert transport.notes[-1] == ("E_SIP_MESSAGE", plain.subscribers("E_SIP_MESSAGE"), Status.TOO_LARGE)
+
+
+def test_a_raise_answered_with_the_same_statuses_reuses_its_result_and_new_statuses_make_a_new_one():
+    queued = [(Status.QUEUED, "")]
+    transport = RecordingTransport(answers=queued)
+    evi = interface(PIKE, transport=transport)
+    first = evi.raise_event("E_SIP_MESSAGE", {"n": 1})
+    assert evi.raise_event("E_SIP_MESSAGE", {"n": 2}) is first
+    transport.answers = [(Status.QUEUE_FULL, "full")]
+    refused = evi.raise_event("E_SIP_MESSAGE", {"n": 3})
+    assert not refused and refused.deliveries[0].reason == "full"
+    evi.subscribe_event("E_SIP_MESSAGE", QUEUE)  # new subscribers, new tuple: never the old result
+    transport.answers = queued * 2
+    assert len(evi.raise_event("E_SIP_MESSAGE", {"n": 4}).deliveries) == 2

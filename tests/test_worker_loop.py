@@ -14,6 +14,7 @@ from workers.broker import consume, declare_queue, free_port
 from workers import job
 from workers.channel import ReplyBox
 from workers.jobqueue import JobQueue
+from workers import rabbitmq
 from workers.rabbitmq import RabbitMQWorker
 
 pytestmark = pytest.mark.broker
@@ -123,3 +124,25 @@ def test_a_tls_socket_without_a_ca_file_fails_with_that_reason_and_never_connect
         with pytest.raises(BlockingIOError):
             listener.accept()
     assert status == "failed" and "the tls_ca_file setting is not set" in reason
+
+
+def test_more_jobs_than_one_turn_takes_are_all_handled_though_nothing_more_arrives(
+        broker, queue_name, monkeypatch):
+    # One read takes every job in the pipe; those beyond a turn's share wake
+    # no poller, so the worker must come back for them by itself.
+    monkeypatch.setattr(rabbitmq, "JOBS_PER_TURN", 256)
+    declare_queue(broker, queue_name)
+    jobs = JobQueue(FORK, maxsize=100_000)
+    w = RabbitMQWorker(jobs, opsevent.Settings())
+    n = 3 * rabbitmq.JOBS_PER_TURN
+    sockets = [parse_socket(broker.socket(queue_name))]
+    for i in range(n):
+        assert jobs.put([a_job(sockets, b"E_MANY\nn::%d\n" % i)])
+    assert jobs.unsent() == 0  # all of them in the pipe
+    w.init_process(install_signals=False)
+    try:
+        turn_until(w, lambda: w.stats["confirmed"] == n, timeout=30)
+        assert w.jobs.waiting() == 0 and jobs.depth() == 0
+    finally:
+        w.shutdown()
+        jobs.close()

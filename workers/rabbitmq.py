@@ -129,6 +129,7 @@ class RabbitMQWorker:
         self.jobs.attach_reader()
         self.ioloop.add_handler(self.jobs.fileno(), self._on_jobs, PollEvents.READ)
         self._tick_timer = self.ioloop.call_later(TICK, self._tick)
+        self._more_due = False
         self._drain_deadline = None
         self._stats_due = 0.0
 
@@ -186,6 +187,20 @@ class RabbitMQWorker:
             self.ioloop.remove_handler(self.jobs.fileno())
             self.reading = False
             self.stats["paused_reading"] += 1
+        else:
+            self._more_if_waiting()
+
+    def _more_if_waiting(self) -> None:
+        # Jobs already read from the pipe wake no poller: take them next turn,
+        # after pika has had its turn (confirms, heartbeats).
+        if self.jobs.waiting() and not self._more_due:
+            self._more_due = True
+            self.ioloop.call_later(0, self._more_jobs)
+
+    def _more_jobs(self) -> None:
+        self._more_due = False
+        if self.reading:
+            self._on_jobs(None, None)
 
     def _saturated(self) -> bool:
         return (self.outstanding >= self.settings.backlog_size
@@ -196,6 +211,7 @@ class RabbitMQWorker:
                 and self.outstanding_bytes <= MAX_OUTSTANDING_BYTES // 2:
             self.ioloop.add_handler(self.jobs.fileno(), self._on_jobs, PollEvents.READ)
             self.reading = True
+            self._more_if_waiting()
 
     def handle(self, payload) -> None:
         seq, reply, event, sockets, body, raised_at = job.decode(payload)
