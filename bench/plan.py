@@ -51,6 +51,11 @@ def build(smoke: bool, events: int | None, only: set[str] | None, rss_events: in
                          _publish(1, n, std)))
             add(Step(f"async.p{p}", "throughput", "ours", f"async, {p} front-end(s), {n:,} events",
                      _async(p, n, std), meta={"frontends": p}))
+            if p == KEY_FRONTENDS:
+                # The cost of the event-name header, measured: it is the broker's.
+                add(Step(f"async.p{p}.noheader", "throughput", "ours",
+                         f"async, {p} front-ends, event_header=False, {n:,} events",
+                         _async(p, n, std, settings={"event_header": False}), meta={"frontends": p}))
             add(Step(f"b2.p{p}", "throughput", "baseline",
                      f"B2: {p} process(es), own connection each, {n:,} events",
                      _publish(p, n, std, timed=True), meta={"processes": p}))
@@ -103,9 +108,9 @@ def _want(group: str, only: set[str] | None) -> bool:
     return not only or group in only
 
 
-def _async(p, n, params, fanout=1):
+def _async(p, n, params, fanout=1, settings=None):
     return lambda env, progress, results: scenarios.run_async(
-        env, scenarios.AsyncSpec(p, n, params, fanout=fanout), progress)
+        env, scenarios.AsyncSpec(p, n, params, fanout=fanout, settings=settings or {}), progress)
 
 
 def _sync(c, secs, params, rate=None):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 MIB = 1024  # KiB per MiB
@@ -103,11 +104,16 @@ def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     rows = []
     if "b1" in res:
         rows.append(["B1: 1 process, basic_publish loop", n0(b1), "—", "—", "—", _miss(res["b1"])])
-    for p in sorted(int(k.split(".p")[1]) for k in res if k.startswith("async.p")):
+    for p in sorted(int(k[len("async.p"):]) for k in res if re.fullmatch(r"async\.p\d+", k)):
         ours, b2 = res.get(f"async.p{p}", {}), res.get(f"b2.p{p}", {})
         r1, r2 = ratio(ours.get("events_per_s"), b1), ratio(ours.get("events_per_s"), b2.get("events_per_s"))
         rows.append([f"opsevent async, {p} front-end{'s' if p > 1 else ''}", n0(ours.get("events_per_s")),
                      f"{rx(r1)} B1, {rx(r2)} B2", quad(ours.get("caller_us")), _refused(ours), _miss(ours)])
+        bare = res.get(f"async.p{p}.noheader")
+        if bare:
+            rows.append([f"opsevent async, {p} front-ends, event_header=False", n0(bare.get("events_per_s")),
+                         f"{rx(ratio(bare.get('events_per_s'), b1))} B1", quad(bare.get("caller_us")),
+                         _refused(bare), _miss(bare)])
         if b2:
             rows.append([f"B2: {p} process{'es' if p > 1 else ''}, own connection each",
                          n0(b2.get("events_per_s")), "—", quad(b2.get("caller_us")), "—", _miss(b2)])
@@ -167,7 +173,7 @@ def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                      "queue full (raised again)", "missing"], rows))
 
     rows = []
-    for key in ("b1", "async.p1", "async.p4", "async.p16", "b2.p4", "b3", "sync.p8", "sync.p32", "sync.fixed",
+    for key in ("b1", "async.p1", "async.p4", "async.p4.noheader", "async.p16", "b2.p4", "b3", "sync.p8", "sync.p32", "sync.fixed",
                 "b3.fixed", "async.body16384", "b1.body16384", "async.fanout16", "b1.fanout16"):
         r = res.get(key)
         cpu = (r or {}).get("cpu") or {}
@@ -374,7 +380,7 @@ def charts(directory: str | os.PathLike, res: dict, subtitle: str) -> list[str]:
     written = []
     thousands = FuncFormatter(lambda v, _pos: f"{v:,.0f}")
 
-    ps = sorted(int(k.split(".p")[1]) for k in res if k.startswith("async.p"))
+    ps = sorted(int(k[len("async.p"):]) for k in res if re.fullmatch(r"async\.p\d+", k))
     if ps:
         fig, ax = plt.subplots(figsize=(8, 4.8), dpi=110)
         ours = [res[f"async.p{p}"].get("events_per_s") or 0 for p in ps]

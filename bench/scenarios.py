@@ -14,7 +14,7 @@ import collections
 import inspect
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import opsevent
 import workers
@@ -49,6 +49,7 @@ class AsyncSpec:
     fanout: int = 1             # subscribers per event (one queue each)
     rate: float | None = None   # events/s per front-end; None: as fast as possible
     retry_full: bool = True     # on "queue full", pause RETRY_PAUSE and raise the event again
+    settings: dict = field(default_factory=dict)  # more EventInterface settings
 
 
 @dataclass
@@ -67,7 +68,7 @@ def run_async(env, spec: AsyncSpec, progress=None) -> dict:
     warm = env.queue("warmup")
     declare_queues(broker, queues + (warm,))
     evi = opsevent.EventInterface(queue_size=max(QUEUE_SIZE_MIN, spec.events + 1000),
-                                  drain_timeout=DRAIN_TIMEOUT)
+                                  drain_timeout=DRAIN_TIMEOUT, **spec.settings)
     for q in queues:
         evi.subscribe_event(EVENT, broker.socket(q))
     evi.subscribe_event(WARMUP_EVENT, broker.socket(warm))

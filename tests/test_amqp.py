@@ -71,6 +71,13 @@ def test_message_properties_equal_what_pika_marshals(event, content_type, persis
     assert (decoded.headers, decoded.message_id, decoded.timestamp) == ({"event": event}, message_id, timestamp)
 
 
+def test_without_the_event_header_the_properties_have_no_headers_table_like_pika():
+    props = MessageProperties("opsevent", event_header=False)
+    marshalled = props.head(b"E_X", "text/plain", True) + props.tail("id-1", 5)
+    assert marshalled == ours(spec.BasicProperties(content_type="text/plain", delivery_mode=2, message_id="id-1",
+                                                   timestamp=5, app_id="opsevent"))
+
+
 def test_an_app_id_over_255_bytes_is_refused_with_its_length():
     with pytest.raises(ValueError, match="app_id is 256 bytes"):
         MessageProperties("a" * 256)

@@ -48,6 +48,7 @@ PROPERTY_CASES = [
     ("/{q}", {"persistent": True}, "text/plain", 2),
     ("/{q}", {"format": "json"}, "application/json", None),
     ("/format=lines;persistent?{q}", {"format": "json", "app_id": "sbc-7"}, "text/plain", 2),
+    ("/{q}", {"event_header": False}, "text/plain", None),
 ]
 
 
@@ -65,7 +66,7 @@ def test_every_message_carries_its_content_type_delivery_mode_event_header_time_
     messages = get_messages(broker, queue_name, 3)
     for props, body in messages:
         assert props.content_type == content_type and props.delivery_mode == delivery_mode
-        assert props.headers == {"event": "E_PROPS"}
+        assert props.headers == ({"event": "E_PROPS"} if settings.get("event_header", True) else None)
         assert props.app_id == settings.get("app_id", "opsevent")
         assert before <= props.timestamp <= after
         assert opsevent.decode_event(body)[0] == "E_PROPS"

@@ -116,7 +116,7 @@ class RabbitMQWorker:
         self.ioloop = IOLoop()
         self.ioloop.activate_poller()  # what IOLoop.start() would do; we turn the loop ourselves
         self.replier = Replier()
-        self.properties = MessageProperties(self.settings.app_id)
+        self.properties = MessageProperties(self.settings.app_id, self.settings.event_header)
         self._message_prefix = f"{os.urandom(6).hex()}-"
         self._message_no = 0
         self._wall_offset = time.time() - time.monotonic()
