@@ -25,7 +25,9 @@ import functools
 import itertools
 import logging
 import os
+import math
 import pickle
+import select
 import socket
 import threading
 import time
@@ -50,6 +52,11 @@ class ReplyBox:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self.sock.bind(self.address)
+        # Non-blocking for good, waited on with poll(): settimeout() before
+        # each read would cost two fcntl() calls per sync raise.
+        self.sock.setblocking(False)
+        self._poll = select.poll()
+        self._poll.register(self.sock.fileno(), select.POLLIN)
         self._cond = threading.Condition()
         self._waiting: dict[int, object] = {}  # seq -> reply, or _PENDING
         self._reading = False
@@ -82,11 +89,12 @@ class ReplyBox:
         self._reading = True
         self._cond.release()
         try:
-            self.sock.settimeout(left)
-            try:
-                data = self.sock.recv(_MAX_REPLY)
-            except (socket.timeout, BlockingIOError, InterruptedError):
-                data = None
+            data = None
+            if self._poll.poll(max(1, math.ceil(left * 1000))):
+                try:
+                    data = self.sock.recv(_MAX_REPLY)
+                except (BlockingIOError, InterruptedError):
+                    pass
         finally:
             self._cond.acquire()
             self._reading = False

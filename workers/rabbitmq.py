@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 # The worker holds at most backlog_size unresolved publishes, or this many
 # bytes of bodies; beyond that it stops reading, so the shared queue fills and
 # raises get "queue full" at once instead of the worker's memory growing.
-MAX_OUTSTANDING_BYTES = 16 << 20
+MAX_OUTSTANDING_BYTES = 8 << 20
 JOBS_PER_READ = 64
 JOBS_PER_TURN = 4096  # jobs read before pika gets a turn, so confirms and heartbeats keep flowing
 TICK = 0.05  # seconds between sweeps for sync deadlines and silent brokers
