@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-SCENARIOS = ["async.p1", "async.p4", "sync.p1", "sync.p8", "sync.fixed",
+SCENARIOS = ["async.p1", "async.p4", "async.p4.noheader", "sync.p1", "sync.p8", "sync.fixed",
              "async.body100", "async.body1024", "async.body16384",
              "async.fanout1", "async.fanout4", "async.fanout16", "memory.frontend"]
 BASELINES = ["b1", "b2.p1", "b2.p4", "b3", "b3.fixed",

@@ -74,13 +74,18 @@ class Raiser(threading.Thread):
         return {event_body(self.event, 0, seq) for seq in self.queued}
 
 
+def two_host_socket(brokers, queue_name) -> tuple[str, str]:
+    """A socket whose hosts are both brokers (primary first), with the queue on each; and its label."""
+    for b in brokers:
+        declare_queue(b, queue_name)
+    sock = f"rabbitmq:127.0.0.1:{brokers[0].port},127.0.0.1:{brokers[1].port}/{queue_name}"
+    return sock, parse_socket(sock).broker_label
+
+
 def test_events_go_to_the_next_host_while_the_primary_is_down_and_back_to_the_primary_after_the_failback_interval(
         brokers, queue_name):
     primary, secondary = brokers
-    for b in brokers:
-        declare_queue(b, queue_name)
-    sock = f"rabbitmq:127.0.0.1:{primary.port},127.0.0.1:{secondary.port}/{queue_name}"
-    label = parse_socket(sock).broker_label
+    sock, label = two_host_socket(brokers, queue_name)
     failback = 1.0
     evi = opsevent.EventInterface(persistent=True, failback_interval=failback, connect_timeout=1.0,
                                   reconnect_min=0.1, reconnect_max=0.5)
@@ -136,10 +141,7 @@ def test_events_go_to_the_next_host_while_the_primary_is_down_and_back_to_the_pr
 def test_sync_raises_are_confirmed_by_whichever_host_is_up_and_losing_the_secondary_returns_to_the_primary(
         brokers, queue_name):
     primary, secondary = brokers
-    for b in brokers:
-        declare_queue(b, queue_name)
-    sock = f"rabbitmq:127.0.0.1:{primary.port},127.0.0.1:{secondary.port}/{queue_name}"
-    label = parse_socket(sock).broker_label
+    sock, label = two_host_socket(brokers, queue_name)
     # No probe within the test: the way back is the rotation, once the secondary goes.
     evi = opsevent.EventInterface(sync_mode=True, sync_timeout=3.0, failback_interval=60.0, connect_timeout=1.0,
                                   reconnect_min=0.1, reconnect_max=0.5, persistent=True)  # survive stop_app
