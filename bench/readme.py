@@ -78,10 +78,44 @@ def render(doc: dict) -> str:
         f"during each run (a shared machine): read ratios, not absolute figures\n"
         f"- every figure, with its histogram: [`bench/results/latest.json`](bench/results/latest.json)\n")
     parts.append(report.markdown(report.tables(results), doc.get("targets", [])))
+    parts.append(limits(results))
     parts.append("![Async events/s against the number of front-ends: opsevent, B1 and B2]"
                  "(bench/results/throughput.png)\n")
     parts.append("![Sync latency distribution: opsevent against B3](bench/results/sync_latency.png)\n")
     return "\n".join(parts)
+
+
+def limits(results: dict) -> str:
+    """What bounds the async and sync figures, computed from this run's CPU table."""
+    def per(key, who):
+        return ((results.get(key) or {}).get("cpu") or {}).get("us_per_event", {}).get(who)
+
+    a4, bare, b1 = results.get("async.p4") or {}, results.get("async.p4.noheader") or {}, results.get("b1") or {}
+    beam, rate = per("async.p4", "beam"), a4.get("events_per_s")
+    if not (beam and rate and b1.get("events_per_s")):
+        return ""
+    ours = (per("async.p4", "worker") or 0) + (per("async.p4", "frontend") or 0)
+    bare_beam = per("async.p4.noheader", "beam")
+    bare_text = (f" ({bare_beam:.0f} µs without the event-name header: the `event_header=False` row, "
+                 f"{bare.get('events_per_s', 0):,.0f} events/s)") if bare_beam else ""
+    return (
+        "**What limits these figures.** In async runs the broker's CPU per event times events/s "
+        f"is one core ({beam:.1f} µs x {rate:,.0f}/s = {beam * rate / 1e6:.2f} core with 4 front-ends) "
+        "while the machine has CPU to spare: RabbitMQ serves one queue with one Erlang process, "
+        "so one queue takes one core's worth of messages, and with what every message gets here "
+        f"(publisher confirms, the mandatory flag, the properties) that is {beam:.0f} µs of broker "
+        f"CPU per message{bare_text}, against ~15 µs for the C client's plain publishes "
+        "(`shared/notes/perf-anchors.md`). Trials outside this run did not move it: a second "
+        "connection to the same queue (33.0k against 32.6k events/s) and classic queue v2 (33.3k). "
+        f"Our own side, a front-end and the worker, costs {ours:.0f} µs per event; B1, which "
+        "publishes without confirms, mandatory or properties, is bound by pika's "
+        f"{per('b1', 'publisher') or 0:.0f} µs per publish. So 2.0x B1 "
+        f"({2 * b1['events_per_s']:,.0f}/s into one queue) is out of reach on this machine with "
+        "those guarantees on. Sync mode with few callers is bound by wake-ups, not CPU: each raise "
+        "is four process wake-ups in a row (caller, worker, broker, worker) among ten processes on "
+        "two cores; its ratio to B3 with 8 callers moved between 2.1x and 3.2x across runs, "
+        "and comes out higher when the sync group runs alone on a fresh broker "
+        "(`--only sync`).\n")
 
 
 def write(readme: Path, section: str) -> None:
