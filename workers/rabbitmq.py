@@ -9,6 +9,10 @@ out in one socket write.
 ``init_process() -> while not finished: loop_once() -> shutdown()``.
 Shutdown (SIGTERM) drains: it keeps publishing what is queued and waits for
 the broker's confirms until ``drain_timeout``, then closes the connections.
+
+Every message gets its properties here (``workers.amqp.MessageProperties``)
+and every outcome is counted per subscription (``workers.substats``); the
+front-ends' refusals arrive on the worker's inbox, an AF_UNIX datagram socket.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from workers.channel import Replier
 from workers.jobqueue import JobQueue
 from workers.link import BrokerLink, Item
 from workers.process import reset_signals, set_parent_death_signal
+from workers.substats import SubscriptionStats
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +51,6 @@ STATS_EVERY = 1.0  # seconds between two snapshots in the stats file
 TARGETS_CACHED = 4096  # distinct (event, subscribers) job shapes remembered
 INBOX_MAX = 1 << 20  # bytes of one front-end report
 CONTENT_TYPES = {"lines": "text/plain", "json": "application/json"}
-# Per subscription, as (event, socket text): what the worker saw happen to its
-# events; the front-ends add raises refused before the worker (queue full, too large).
-SUBSCRIPTION_COUNTERS = ("queued", "published") + tuple(s.value for s in Status if s not in (
-    Status.QUEUED, Status.QUEUE_FULL, Status.TOO_LARGE, Status.NOT_RUNNING)) + ("dropped_expired",)
-FRONTEND_COUNTERS = ("dropped_queue_full", "too_large")
 LOG_EVERY = 10.0  # seconds between two log lines about the same kind of async failure
 
 
@@ -93,8 +93,7 @@ class RabbitMQWorker:
         self.finished = False
         self._failures = {}  # status -> (count since last log line, time of that line)
         self._targets: dict[tuple[bytes, bytes], tuple] = {}  # (event, sockets bytes) -> _Target per subscriber
-        self.subscriptions: dict[tuple[str, str], dict[str, int]] = {}  # (event, socket text) -> counters
-        self.frontend_counts: dict[int, dict] = {}  # pid -> its latest report: {(event, socket text): {what: n}}
+        self.subscriptions = SubscriptionStats()
 
     # ---- life cycle ------------------------------------------------------------
 
@@ -226,8 +225,9 @@ class RabbitMQWorker:
             timeout = self.settings.sync_timeout
             deadline = raised_at + timeout - min(0.05, timeout / 10)
             if deadline <= time.monotonic():
-                for i in range(n):
-                    targets[i].counts["queued"] += 1
+                for i, t in enumerate(targets):
+                    t.counts["queued"] += 1
+                    t.counts[Status.TIMEOUT.value] += 1
                     self._finish(record, i, Status.TIMEOUT, "the caller gave up before the worker read the job")
                 return
         self.outstanding += n
@@ -253,9 +253,7 @@ class RabbitMQWorker:
             if link is None:
                 link = self.links[sock.broker] = BrokerLink(
                     sock.broker, sock.broker_label, self.settings, self.ioloop, self._done)
-            counts = self.subscriptions.get((name, str(sock)))
-            if counts is None:
-                counts = self.subscriptions[(name, str(sock))] = dict.fromkeys(SUBSCRIPTION_COUNTERS, 0)
+            counts = self.subscriptions.counts(name, str(sock))
             body_format = sock.format or self.settings.format
             head = self.properties.head(event, CONTENT_TYPES[body_format], sock.persistent or self.settings.persistent)
             targets.append(_Target(sock.exchange, sock.routing_key, link, counts, head))
@@ -289,7 +287,7 @@ class RabbitMQWorker:
                 return
             try:
                 pid, table = pickle.loads(data)
-                self.frontend_counts[int(pid)] = dict(table)
+                self.subscriptions.report(int(pid), dict(table))
             except Exception as exc:  # a report is advisory: never let one stop the worker
                 log.warning("ignored a malformed front-end report (%d bytes): %s", len(data), exc)
 
@@ -323,25 +321,7 @@ class RabbitMQWorker:
         return {"pid": os.getpid(), "time": time.time(), "outstanding": self.outstanding, **self.stats,
                 "queue_depth": self.jobs.depth(),
                 "brokers": {link.label: link.snapshot() for link in self.links.values()},
-                "subscriptions": self.subscription_stats()}
-
-    def subscription_stats(self) -> list[dict]:
-        """Per (event, socket): raised = queued + refused by the front-ends; then what became of them."""
-        rows = {key: dict(counts) for key, counts in self.subscriptions.items()}
-        for table in self.frontend_counts.values():
-            for key, counts in table.items():
-                row = rows.get(key)
-                if row is None:
-                    row = rows[key] = dict.fromkeys(SUBSCRIPTION_COUNTERS, 0)
-                for what in FRONTEND_COUNTERS:
-                    row[what] = row.get(what, 0) + counts.get(what, 0)
-        out = []
-        for (event, sock), row in sorted(rows.items()):
-            for what in FRONTEND_COUNTERS:
-                row.setdefault(what, 0)
-            raised = row["queued"] + row["dropped_queue_full"] + row["too_large"]
-            out.append({"event": event, "socket": sock, "raised": raised, **row})
-        return out
+                "subscriptions": self.subscriptions.rows()}
 
     def write_stats(self) -> None:
         if self.stats_path is None:
