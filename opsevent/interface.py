@@ -174,7 +174,7 @@ class Settings:
         for name in ("persistent", "event_header"):
             if type(getattr(self, name)) is not bool:
                 raise ConfigError(f"{name} must be a bool, not {getattr(self, name)!r}")
-        if type(self.app_id) is not str or not 0 < len(self.app_id.encode("utf-8", "replace")) <= 255:
+        if type(self.app_id) is not str or not 0 < len(_utf8(self.app_id)) <= 255:
             raise ConfigError(f"app_id must be text of 1..255 UTF-8 bytes, not {self.app_id!r}")
         if type(self.format) is not str or self.format not in FORMATS:
             raise ConfigError(f"format must be one of "
@@ -193,6 +193,14 @@ class Settings:
 _RESULTS_KEPT = 1024  # events whose last result is kept for reuse
 
 _SETTING_NAMES = frozenset(f.name for f in fields(Settings))
+
+
+def _utf8(text: str) -> bytes:
+    """UTF-8, or b"" for text that has none (a lone surrogate)."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return b""
 
 
 def _check_int(settings: Settings, name: str, low: int, high: int | None) -> None:

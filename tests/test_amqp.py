@@ -33,14 +33,14 @@ CASES = [
 def test_publish_frames_equal_what_pika_marshals(what, exchange, routing_key, body):
     props = spec.BasicProperties(content_type="text/plain")
     publisher = Publisher(1, frame_max=131072)
-    assert publisher.frames(exchange, routing_key, body, ours(props)) == pika_frames(
+    assert b"".join(publisher.frames(exchange, routing_key, body, ours(props))) == pika_frames(
         1, exchange, routing_key, body, props, 131072 - 8)
 
 
 def test_a_small_frame_max_splits_the_body_like_pika():
     props = spec.BasicProperties()
     body = b"0123456789" * 1000
-    assert Publisher(3, frame_max=4096).frames("", "k", body, ours(props)) == pika_frames(
+    assert b"".join(Publisher(3, frame_max=4096).frames("", "k", body, ours(props))) == pika_frames(
         3, "", "k", body, props, 4088)
 
 

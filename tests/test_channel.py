@@ -127,3 +127,61 @@ def test_a_big_job_crosses_the_pipe_in_several_frames_and_comes_back_whole():
     (payload,) = jobs.receive(10)
     assert job.decode(payload)[4] == body
     jobs.close()
+
+
+def test_jobs_the_worker_reads_ahead_free_their_slots_so_a_dying_worker_takes_no_capacity_with_it():
+    jobs = JobQueue(FORK, maxsize=10)
+    sender = JobSender(jobs)
+    for i in range(10):
+        assert sender.submit("E", (SOCKET,), b"%d" % i, False, 1.0)[0][0] is Status.QUEUED
+    jobs.attach_reader()
+    assert len(jobs.receive(1)) == 1 and jobs.waiting() == 9  # one read took all ten
+    for i in range(10):  # had the worker died now, its successor's queue would still hold ten
+        assert sender.submit("E", (SOCKET,), b"again %d" % i, False, 1.0)[0][0] is Status.QUEUED
+    assert jobs.depth() == 19  # nine read ahead and ten in the pipe
+    jobs.close()
+
+
+def test_a_reply_forged_by_another_users_process_is_dropped_and_the_real_one_is_read():
+    box, replier = ReplyBox(), Replier()
+    box.expect(5)
+    pid = os.fork()
+    if pid == 0:  # another user (nobody) forges the worker's answer
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            Replier().send(box.address, 5, (("confirmed", "forged"),))
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    replier.send(box.address, 5, (("failed", "the real one"),))
+    assert box.wait(5, time.monotonic() + 2) == (("failed", "the real one"),)
+
+
+def test_a_child_forked_while_another_thread_holds_the_senders_locks_still_raises():
+    jobs = JobQueue(FORK, maxsize=10)
+    sender = JobSender(jobs)
+    held, release = threading.Event(), threading.Event()
+
+    def hold():  # a control-socket raise in the parent's other thread, say
+        with jobs._local_lock, sender._box_lock:
+            held.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(5)
+    pid = os.fork()
+    if pid == 0:
+        ok = sender.submit("E", (SOCKET,), b"from the child", False, 1.0)[0][0] is Status.QUEUED
+        os._exit(0 if ok and sender._reply_box().pid == os.getpid() else 1)
+    release.set()
+    holder.join(5)
+    deadline = time.monotonic() + 10
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    assert done[0] == pid and os.waitstatus_to_exitcode(done[1]) == 0, "the child deadlocked or failed"
+    jobs.close()

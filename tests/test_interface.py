@@ -239,6 +239,7 @@ def test_settings_defaults_are_the_documented_ones():
     ({"app_id": ""}, "app_id must be text of 1..255 UTF-8 bytes, not ''"),
     ({"app_id": "\u00e9" * 128}, "app_id must be text of 1..255 UTF-8 bytes"),
     ({"app_id": 7}, "app_id must be text of 1..255 UTF-8 bytes, not 7"),
+    ({"app_id": "sbc\udc80"}, "app_id must be text of 1..255 UTF-8 bytes, not 'sbc\\udc80'"),
     ({"event_header": 1}, "event_header must be a bool, not 1"),
     ({"tls_ca_file": 5}, "tls_ca_file must be a path (str) or None, not int 5"),
     ({"tls_ca_file": ""}, "tls_ca_file must be a non-empty path without NUL, not ''"),

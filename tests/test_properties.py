@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
-import pickle
+import os
 import socket
 import time
 
@@ -127,9 +128,9 @@ def test_a_front_end_reports_its_queue_full_refusals_to_the_workers_inbox():
             assert sender.submit("E_FULL", (sock,), b"E_FULL\n", False, 1.0)[0][0] is Status.QUEUE_FULL
         sender.flush(0.1)  # at exit: whatever the rate limit held back
         reports = []
-        while not reports or reports[-1][1] != {("E_FULL", str(sock)): {"dropped_queue_full": 3}}:
-            reports.append(pickle.loads(inbox.recv(65536)))
-        assert "s3cr3t" not in repr(reports)
+        while not reports or reports[-1]["counts"] != [["E_FULL", str(sock), {"dropped_queue_full": 3}]]:
+            reports.append(json.loads(inbox.recv(65536)))
+        assert {r["pid"] for r in reports} == {os.getpid()} and "s3cr3t" not in repr(reports)
     finally:
         inbox.close()
         jobs.close()

@@ -23,14 +23,17 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import logging
-import os
 import math
+import os
 import pickle
 import select
 import socket
+import struct
 import threading
 import time
+import weakref
 
 from opsevent import Status
 from workers import job
@@ -49,12 +52,10 @@ class ReplyBox:
     def __init__(self):
         self.pid = os.getpid()
         self.address = b"\0opsevent-reply-%d-%s" % (self.pid, os.urandom(6).hex().encode())
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock = private_socket(self.address)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        self.sock.bind(self.address)
         # Non-blocking for good, waited on with poll(): settimeout() before
         # each read would cost two fcntl() calls per sync raise.
-        self.sock.setblocking(False)
         self._poll = select.poll()
         self._poll.register(self.sock.fileno(), select.POLLIN)
         self._cond = threading.Condition()
@@ -92,7 +93,7 @@ class ReplyBox:
             data = None
             if self._poll.poll(max(1, math.ceil(left * 1000))):
                 try:
-                    data = self.sock.recv(_MAX_REPLY)
+                    data = receive_own(self.sock, _MAX_REPLY)
                 except (BlockingIOError, InterruptedError):
                     pass
         finally:
@@ -108,6 +109,42 @@ class ReplyBox:
 
 
 _PENDING = object()
+
+
+def private_socket(address: bytes) -> socket.socket:
+    """A non-blocking AF_UNIX datagram socket bound to ``address``, told each sender's uid.
+
+    Abstract addresses have no file permissions and are listed in
+    /proc/net/unix: anyone on the host can send to them.  ``receive_own``
+    keeps only what this user's processes (or root's) sent.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    sock.setblocking(False)
+    sock.bind(address)
+    return sock
+
+
+_CREDENTIALS = struct.Struct("iII")  # struct ucred: pid, uid, gid
+_CMSG_SIZE = socket.CMSG_SPACE(_CREDENTIALS.size)
+
+
+def receive_own(sock: socket.socket, size: int) -> bytes | None:
+    """One datagram from a process of this user or root; None (dropped) from anyone else."""
+    data, ancillary, _flags, _address = sock.recvmsg(size, _CMSG_SIZE)
+    for level, kind, cdata in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+            _pid, uid, _gid = _CREDENTIALS.unpack_from(cdata)
+            if uid in (os.getuid(), 0):
+                return data
+    global _foreign
+    _foreign += 1
+    if _foreign == 1 or _foreign % 1000 == 0:
+        log.warning("dropped a datagram from another user's process (%d so far)", _foreign)
+    return None
+
+
+_foreign = 0  # datagrams dropped by receive_own in this process
 
 
 class JobSender:
@@ -131,6 +168,7 @@ class JobSender:
         self._seq = itertools.count(1)
         self._box: ReplyBox | None = None
         self._box_lock = threading.Lock()
+        _SENDERS.add(self)
         self._sockets = SocketBytes()
         self._events: dict[str, bytes] = {}
         self.queue_full = 0  # async and sync raises refused because the queue was full
@@ -187,20 +225,27 @@ class JobSender:
 
     def _report(self, force: bool = False) -> None:
         counts = self._counts
+        now = time.monotonic()
+        if self._inbox is None or (now < counts.due and not force):
+            return
         if counts.pid != os.getpid():  # inherited across a fork: the parent's to report
             counts.__init__()
             return
-        now = time.monotonic()
-        if self._inbox is None or not (force or now - counts.sent_at >= self.REPORT_EVERY):
-            return
-        counts.sent_at, counts.unsent = now, False
-        data = pickle.dumps((os.getpid(), counts.table), protocol=pickle.HIGHEST_PROTOCOL)
+        counts.due, counts.unsent = now + self.REPORT_EVERY, False
+        # JSON, not pickle: the worker must never run what a datagram says.
+        data = json.dumps({"pid": counts.pid, "counts": [[event, sock, row] for (event, sock), row
+                                                         in counts.table.items()]}).encode()
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.setblocking(False)
             try:
                 sock.sendto(data, self._inbox)
-            except OSError:
+            except (BlockingIOError, ConnectionRefusedError, FileNotFoundError):
                 counts.unsent = True  # the worker is restarting or busy: the next report carries it
+            except OSError as exc:
+                if not counts.failed:  # e.g. a table too big for one datagram: say so once
+                    log.warning("cannot report this process's refused raises to the RabbitMQ worker "
+                                "(%d subscriptions, %d bytes): %s", len(counts.table), len(data), exc)
+                counts.failed = True
 
     def _reply_box(self) -> ReplyBox:
         box = self._box
@@ -213,20 +258,40 @@ class JobSender:
         return box
 
 
+_SENDERS: weakref.WeakSet = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A thread of the parent may have held the lock at the fork (see JobQueue).
+    for sender in list(_SENDERS):
+        sender._box_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class _Counts:
     """This process's refusals per subscription: ``{(event, socket text): {what: n}}``, cumulative."""
 
     def __init__(self):
         self.pid = None
         self.table: dict[tuple[str, str], dict[str, int]] = {}
-        self.unsent = False
-        self.sent_at = 0.0
+        self.unsent = False  # counted since the last report
+        self.due = 0.0  # monotonic time the next report may go
+        self.failed = False  # a report could not be sent (logged once)
+        self._texts: dict[int, tuple] = {}  # id(socket) -> (socket, its text): str() once per socket
 
     def add(self, pid: int, event: str, sockets, what: str) -> None:
         if pid != self.pid:  # a forked child starts its own count
-            self.pid, self.table = pid, {}
+            self.__init__()
+            self.pid = pid
         for s in sockets:
-            row = self.table.setdefault((event, str(s)), {})
+            hit = self._texts.get(id(s))
+            if hit is None or hit[0] is not s:
+                if len(self._texts) >= 4096:
+                    self._texts.clear()  # subscribers churned: start over
+                hit = self._texts[id(s)] = (s, str(s))
+            row = self.table.setdefault((event, hit[1]), {})
             row[what] = row.get(what, 0) + 1
         self.unsent = True
 

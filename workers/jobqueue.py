@@ -49,6 +49,7 @@ import struct
 import termios
 import threading
 import time
+import weakref
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,9 @@ class JobQueue:
         self._slots = ctx.Semaphore(maxsize)
         self._local: _Local | None = None
         self._local_lock = threading.Lock()
+        _QUEUES.add(self)
         self._partial = {}  # worker side: job id -> (first seen, frames so far)
+        self._ready: collections.deque = collections.deque()  # worker side: jobs read ahead
         self.torn = 0  # worker side: jobs dropped because their writer died half-way
 
     # ---- the front-end end -------------------------------------------------------
@@ -137,11 +140,11 @@ class JobQueue:
                 else:
                     local.overflow.popleft()
             if left:
-                select.select([], [fd], [], 1.0)
+                _wait_for(fd, select.POLLOUT)
 
     def depth(self) -> int:
         """Jobs queued: in the pipe, in overflow buffers, or read by the worker and not yet taken."""
-        return self.maxsize - self._slots.get_value()
+        return self.maxsize - self._slots.get_value() + len(self._ready)
 
     def unsent(self) -> int:
         """Jobs of this process still in its overflow buffer."""
@@ -168,23 +171,21 @@ class JobQueue:
     def attach_reader(self) -> None:
         """Post-fork, in the worker.  Front-ends only ask this end how full it is."""
         os.set_blocking(self._read_fd, False)
-        self._ready: collections.deque = collections.deque()
 
     def receive(self, limit: int) -> list:
         """Up to ``limit`` whole job payloads; never waits for one.
 
-        Jobs read from the pipe beyond ``limit`` wait in the worker (at most
-        one pipe's worth) and keep their queue slots until handed out, so
-        ``maxsize`` still bounds every job not yet taken.
+        Jobs read from the pipe beyond ``limit`` wait in the worker, at most
+        one pipe's worth more (the pipe is read only when fewer than
+        ``limit`` wait).  Their queue slots are freed as they leave the pipe:
+        like a job the worker is publishing, a job read ahead belongs to this
+        worker now, and a worker that dies must not take slots with it.
         """
         ready = self._ready
         if len(ready) < limit:
             self._read_pipe(ready)
         n = min(limit, len(ready))
-        jobs = [ready.popleft() for _ in range(n)]
-        for _ in range(n):
-            self._slots.release()
-        return jobs
+        return [ready.popleft() for _ in range(n)]
 
     def _read_pipe(self, ready) -> None:
         size = _bytes_in(self._read_fd)
@@ -202,6 +203,7 @@ class JobQueue:
                 if payload is None:
                     continue
             ready.append(payload)
+            self._slots.release()
 
     def waiting(self) -> int:
         """Worker side: jobs read from the pipe and not yet handed out."""
@@ -225,9 +227,9 @@ class JobQueue:
             self._slots.release()
             log.error("dropped a job whose writer died half-way through it (%d so far)", self.torn)
 
-    def pending_bytes(self) -> int:
-        """Worker side: bytes in the pipe plus a token for each job read and not taken."""
-        return _bytes_in(self._read_fd) + len(getattr(self, "_ready", ()))
+    def pending(self) -> bool:
+        """Worker side: whether jobs wait, in the pipe or read ahead and not yet taken."""
+        return bool(self._ready) or _bytes_in(self._read_fd) > 0
 
     def close(self) -> None:
         for fd in (self._read_fd, self._write_fd):
@@ -243,6 +245,19 @@ def _frames(data: bytes, job_id: int) -> list[bytes]:
             for index, chunk in ((i, data[i * _CHUNK:(i + 1) * _CHUNK]) for i in range(count))]
 
 
+_QUEUES: weakref.WeakSet = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # Another thread of the parent (a control-socket raise, say) may have held
+    # this lock at the fork; in the child nobody would ever release it.
+    for queue in list(_QUEUES):
+        queue._local_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _write_some(fd: int, frames: list[bytes]) -> list[bytes]:
     """Write frames until the pipe is full; return those not written."""
     for i, frame in enumerate(frames):
@@ -251,6 +266,13 @@ def _write_some(fd: int, frames: list[bytes]) -> list[bytes]:
         except BlockingIOError:
             return frames[i:]
     return []
+
+
+def _wait_for(fd: int, event: int) -> None:
+    # poll(), not select(): select() cannot watch a descriptor numbered 1024 or more.
+    poller = select.poll()
+    poller.register(fd, event)
+    poller.poll(1000)
 
 
 def _bytes_in(fd: int) -> int:
@@ -277,7 +299,7 @@ def _read_exactly(fd: int, data: bytes, size: int) -> bytes:
         try:
             chunk = os.read(fd, size - len(data))
         except BlockingIOError:
-            select.select([fd], [], [], 1.0)
+            _wait_for(fd, select.POLLIN)
             continue
         if not chunk:
             raise EOFError("the job queue's pipe was closed in the middle of a job")

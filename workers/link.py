@@ -136,14 +136,14 @@ class BrokerLink:
             return
         self._tag += 1
         self.inflight[self._tag] = item
-        self._out.append(frames)
+        self._out += frames
         self.stats["published"] += 1
         item.counts["published"] += 1
 
     def flush(self) -> None:
         """Hand everything written since the last flush to the socket, as one buffer."""
         if self._out:
-            data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+            data = b"".join(self._out)
             self._out = []
             self._send(data)
 

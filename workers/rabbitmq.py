@@ -21,9 +21,7 @@ import collections
 import json
 import logging
 import os
-import pickle
 import signal
-import socket
 import time
 
 from pika.adapters.select_connection import IOLoop, PollEvents
@@ -31,11 +29,11 @@ from pika.adapters.select_connection import IOLoop, PollEvents
 from opsevent import RabbitMQSocket, Status
 from workers import job, logs
 from workers.amqp import MessageProperties
-from workers.channel import Replier
+from workers.channel import Replier, private_socket, receive_own
 from workers.jobqueue import JobQueue
 from workers.link import BrokerLink, Item
 from workers.process import reset_signals, set_parent_death_signal
-from workers.substats import SubscriptionStats
+from workers.substats import FRONTEND_COUNTERS, SubscriptionStats
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +47,7 @@ TICK = 0.05  # seconds between sweeps for sync deadlines and silent brokers
 DRAIN_QUIET = 0.3  # seconds the pipe must stay empty before a draining worker closes
 STATS_EVERY = 1.0  # seconds between two snapshots in the stats file
 TARGETS_CACHED = 4096  # distinct (event, subscribers) job shapes remembered
-INBOX_MAX = 1 << 20  # bytes of one front-end report
+INBOX_MAX = 1 << 18  # bytes of one front-end report (JobSender keeps them under it)
 CONTENT_TYPES = {"lines": "text/plain", "json": "application/json"}
 LOG_EVERY = 10.0  # seconds between two log lines about the same kind of async failure
 
@@ -121,9 +119,7 @@ class RabbitMQWorker:
         self._wall_offset = time.time() - time.monotonic()
         self.inbox = None
         if self.inbox_address is not None:
-            self.inbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            self.inbox.setblocking(False)
-            self.inbox.bind(self.inbox_address)  # abstract: a dead predecessor's is free
+            self.inbox = private_socket(self.inbox_address)  # abstract: a dead predecessor's is free
             self.ioloop.add_handler(self.inbox.fileno(), self._on_inbox, PollEvents.READ)
         self.jobs.attach_reader()
         self.ioloop.add_handler(self.jobs.fileno(), self._on_jobs, PollEvents.READ)
@@ -282,13 +278,18 @@ class RabbitMQWorker:
     def _on_inbox(self, _unused_fd, _unused_events) -> None:
         for _ in range(64):
             try:
-                data = self.inbox.recv(INBOX_MAX)
+                data = receive_own(self.inbox, INBOX_MAX)
             except (BlockingIOError, InterruptedError):
                 return
+            if data is None:
+                continue
             try:
-                pid, table = pickle.loads(data)
-                self.subscriptions.report(int(pid), dict(table))
-            except Exception as exc:  # a report is advisory: never let one stop the worker
+                report = json.loads(data)
+                table = {(event, sock): {what: int(report_row.get(what, 0)) for what in FRONTEND_COUNTERS}
+                         for event, sock, report_row in report["counts"]}
+                self.subscriptions.report(int(report["pid"]), table)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                # A report is advisory: never let one stop the worker.
                 log.warning("ignored a malformed front-end report (%d bytes): %s", len(data), exc)
 
     def _log_async_failure(self, status: Status, reason: str) -> None:
@@ -347,7 +348,7 @@ class RabbitMQWorker:
         if progress != self._drain_progress:
             self._drain_progress = progress
             self._drain_deadline = now + self.settings.drain_timeout
-        queued = self.jobs.pending_bytes()
+        queued = self.jobs.pending()
         if queued:
             self._quiet_since = now
         # Front-ends hand over their last jobs as they exit; wait for a quiet pipe.

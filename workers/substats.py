@@ -36,8 +36,7 @@ class SubscriptionStats:
 
     def rows(self) -> list[dict]:
         """One row per subscription, sorted by event and socket."""
-        rows = {key: {**dict.fromkeys(WORKER_COUNTERS, 0), **counts, **dict.fromkeys(FRONTEND_COUNTERS, 0)}
-                for key, counts in self._worker.items()}
+        rows = {key: {**counts, **dict.fromkeys(FRONTEND_COUNTERS, 0)} for key, counts in self._worker.items()}
         for table in self._frontends.values():
             for key, counts in table.items():
                 row = rows.get(key)
