@@ -76,7 +76,7 @@ class Service:
             raise RuntimeError("the RabbitMQ worker service is already started")
         # First the two things that may refuse (a table too big, a control
         # path in use), before anything is started.
-        shared = SharedSubscriptions.create(self.ctx, self.evi.subscriptions, self.table_size)
+        shared = SharedSubscriptions.create(self.evi.subscriptions, self.table_size)
         if self.control_path is not None:
             try:
                 self.control = ControlServer(self.control_path, Commands(self.evi, self.stats)).open()
