@@ -55,6 +55,26 @@ def test_the_control_socket_is_mode_0600_and_removed_at_stop(tmp_path):
     assert not path.exists()
 
 
+def test_a_service_that_fails_to_start_leaves_no_control_socket_nor_shared_table(tmp_path, monkeypatch):
+    path = tmp_path / "ctl"
+    evi = opsevent.EventInterface()
+    evi.subscribe_event("E_X", "rabbitmq:127.0.0.1/q")
+    original = evi.subscriptions
+    made = []
+
+    def spawn_fails(service):
+        made.append(service.shared)
+        raise OSError("no more processes")
+
+    monkeypatch.setattr(workers.Service, "spawn_worker", spawn_fails)
+    with pytest.raises(OSError, match="no more processes"):
+        workers.Service(evi, install_logging=False, control_path=str(path)).start()
+    assert not path.exists()
+    assert made[0]._region.closed
+    assert evi.subscriptions is original and evi.subscriptions.events() == ("E_X",)
+    ControlServer(str(path), lambda line: {"ok": True}).open()._close_sockets()  # the path is free
+
+
 def test_a_stale_socket_file_is_replaced(tmp_path):
     path = tmp_path / "ctl"
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
