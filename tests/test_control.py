@@ -75,6 +75,34 @@ def test_a_service_that_fails_to_start_leaves_no_control_socket_nor_shared_table
     ControlServer(str(path), lambda line: {"ok": True}).open()._close_sockets()  # the path is free
 
 
+def test_stop_never_closes_the_sockets_under_a_request_still_being_handled(tmp_path, caplog):
+    path = tmp_path / "ctl"
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_handle(line):
+        entered.set()
+        release.wait(10)
+        return {"ok": True, "result": "late"}
+
+    server = ControlServer(str(path), slow_handle).open()
+    server.start()
+    replies = []
+    client = threading.Thread(target=lambda: replies.append(request(str(path), {"cmd": "ping"}, timeout=10)))
+    client.start()
+    try:
+        assert entered.wait(10)
+        started = time.monotonic()
+        server.stop(timeout=0.2)
+        assert time.monotonic() - started < 2
+        assert "still being handled 0.2 s after stop" in caplog.text
+        assert not path.exists() and server._listener is not None
+    finally:
+        release.set()
+        client.join(10)
+    assert replies == ["late"]  # its connection stayed open until the reply was written
+    wait_for(lambda: server._listener is None, 10, "the serving thread closing its sockets")
+
+
 def test_a_stale_socket_file_is_replaced(tmp_path):
     path = tmp_path / "ctl"
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
