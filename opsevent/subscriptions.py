@@ -191,7 +191,12 @@ class Subscriptions:
     # ---- internals (for subclasses too) ----------------------------------------------
 
     def _writing(self):
-        """The context a write runs in; a subclass that shares the table widens it."""
+        """The context a write runs in; a subclass that shares the table widens it.
+
+        A write that changes nothing (a remove that found nothing) leaves
+        ``_table`` and ``_deadlines`` the very same objects, so such a
+        subclass can tell and skip publishing it to every process.
+        """
         return self._thread_lock()
 
     def _thread_lock(self) -> threading.Lock:

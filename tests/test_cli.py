@@ -96,7 +96,7 @@ STATS = {
     "subscriptions": [
         {"event": "E_X", "socket": "rabbitmq:guest:***@127.0.0.1:5672/q", "raised": 10, "queued": 10,
          "published": 10, "confirmed": 9, "nacked": 0, "unroutable": 1, "failed": 0,
-         "dropped_queue_full": 0, "dropped_backlog": 0, "dropped_expired": 0, "too_large": 0}],
+         "timeout": 0, "dropped_queue_full": 0, "dropped_expired": 0, "too_large": 0}],
 }
 
 
@@ -112,7 +112,7 @@ def test_stats_show_totals_brokers_and_subscriptions_with_the_columns_present():
                              "CONNECTION_LOST", "ZZ_NEW_COUNTER", "LAST_ERROR"]
     sub_header = lines[lines.index("subscriptions") + 1].split()
     assert sub_header == ["EVENT", "SOCKET", "RAISED", "QUEUED", "PUBLISHED", "CONFIRMED", "NACKED",
-                          "UNROUTABLE", "FAILED", "DROPPED_QUEUE_FULL", "DROPPED_BACKLOG",
+                          "UNROUTABLE", "FAILED", "TIMEOUT", "DROPPED_QUEUE_FULL",
                           "DROPPED_EXPIRED", "TOO_LARGE"]
     assert "rabbitmq:guest:***@127.0.0.1:5672/q" in lines[lines.index("subscriptions") + 2]
 

@@ -55,6 +55,54 @@ def test_the_control_socket_is_mode_0600_and_removed_at_stop(tmp_path):
     assert not path.exists()
 
 
+def test_a_service_that_fails_to_start_leaves_no_control_socket_nor_shared_table(tmp_path, monkeypatch):
+    path = tmp_path / "ctl"
+    evi = opsevent.EventInterface()
+    evi.subscribe_event("E_X", "rabbitmq:127.0.0.1/q")
+    original = evi.subscriptions
+    made = []
+
+    def spawn_fails(service):
+        made.append(service.shared)
+        raise OSError("no more processes")
+
+    monkeypatch.setattr(workers.Service, "spawn_worker", spawn_fails)
+    with pytest.raises(OSError, match="no more processes"):
+        workers.Service(evi, install_logging=False, control_path=str(path)).start()
+    assert not path.exists()
+    assert made[0]._region.closed
+    assert evi.subscriptions is original and evi.subscriptions.events() == ("E_X",)
+    ControlServer(str(path), lambda line: {"ok": True}).open()._close_sockets()  # the path is free
+
+
+def test_stop_never_closes_the_sockets_under_a_request_still_being_handled(tmp_path, caplog):
+    path = tmp_path / "ctl"
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_handle(line):
+        entered.set()
+        release.wait(10)
+        return {"ok": True, "result": "late"}
+
+    server = ControlServer(str(path), slow_handle).open()
+    server.start()
+    replies = []
+    client = threading.Thread(target=lambda: replies.append(request(str(path), {"cmd": "ping"}, timeout=10)))
+    client.start()
+    try:
+        assert entered.wait(10)
+        started = time.monotonic()
+        server.stop(timeout=0.2)
+        assert time.monotonic() - started < 2
+        assert "still being handled 0.2 s after stop" in caplog.text
+        assert not path.exists() and server._listener is not None
+    finally:
+        release.set()
+        client.join(10)
+    assert replies == ["late"]  # its connection stayed open until the reply was written
+    wait_for(lambda: server._listener is None, 10, "the serving thread closing its sockets")
+
+
 def test_a_stale_socket_file_is_replaced(tmp_path):
     path = tmp_path / "ctl"
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

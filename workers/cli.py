@@ -221,12 +221,12 @@ def render_raise(result: dict) -> str:
 
 # Column order for the stats tables; keys not listed follow, sorted, and last_error ends a row.
 BROKER_ORDER = ["state", "blocked", "pending", "inflight", "published", "confirmed", "nacked",
-                "returned", "unroutable", "failed", "connects", "connection_lost", "republished",
+                "unroutable", "failed", "connects", "connection_lost", "republished",
                 "dropped_expired"]
 SUBSCRIPTION_ORDER = ["raised", "queued", "published", "confirmed", "nacked", "unroutable", "failed",
-                      "dropped_queue_full", "dropped_backlog", "dropped_expired", "too_large"]
+                      "timeout", "dropped_queue_full", "dropped_expired", "too_large"]
 TOTALS_ORDER = ["jobs", "outstanding", "queue_depth", "queued", "confirmed", "nacked", "unroutable",
-                "failed", "timeout", "too large", "queue full"]
+                "failed", "timeout"]
 _NOT_TOTALS = {"pid", "time", "brokers", "subscriptions"}
 
 

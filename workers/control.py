@@ -148,27 +148,42 @@ class ControlServer:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop serving, close every socket and remove the path (if it is still ours)."""
+        """Stop serving, remove the path (if it is still ours) and close every socket.
+
+        The serving thread closes its sockets itself on its way out, so
+        none is closed under a request it is still handling. Bounded by
+        *timeout*: a thread still inside a handler by then is logged and
+        left to finish (it is a daemon), closing the sockets when it does.
+        """
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-        if self._listener is None or os.getpid() != self._owner_pid:
-            return
+        thread, self._thread = self._thread, None
+        if self._owner_pid != os.getpid():
+            return  # never opened, or a forked child's copy: neither the path nor the sockets are ours
+        # The path first, so no new client connects while the thread finishes.
         try:
             if os.stat(self.path).st_ino == self._inode:
                 os.unlink(self.path)
         except FileNotFoundError:
             pass
-        self._close_sockets()
+        if thread is None:
+            self._close_sockets()
+            return
+        thread.join(timeout)
+        if thread.is_alive():
+            log.error("control socket %s: a request was still being handled %g s after stop; "
+                      "its connection and the listener close when it returns", self.path, timeout)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.serve_once(0.2)
-            except Exception:
-                log.exception("control socket %s: unexpected error; going on", self.path)
-                time.sleep(0.2)
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.serve_once(0.2)
+                except Exception:
+                    log.exception("control socket %s: unexpected error; going on", self.path)
+                    time.sleep(0.2)
+        finally:
+            if os.getpid() == self._owner_pid:
+                self._close_sockets()
 
     def serve_once(self, timeout: float) -> None:
         """One bounded turn: accept, read, answer and write what is ready."""
@@ -266,7 +281,7 @@ class ControlServer:
             self._selector.close()
         if self._listener is not None:
             self._listener.close()
-        self._listener = None
+        self._listener = self._selector = None
         _OPEN.discard(self)
 
     def _forget_after_fork(self) -> None:

@@ -51,8 +51,9 @@ class Service:
     def __init__(self, evi, *, install_logging: bool = True, control_path: str | None = None,
                  table_size: int = TABLE_SIZE):
         """``control_path``: where to answer the ``opsevent`` CLI (a unix socket, mode 0600),
-        or None for no control socket.  ``table_size``: bytes of shared memory for the
-        subscription table.  Pre-fork: configuration only; nothing exists until start().
+        or None for no control socket.  ``table_size``: the largest subscription table, in
+        bytes (its shared memory holds two, so a write never overwrites the one being read).
+        Pre-fork: configuration only; nothing exists until start().
         """
         self.evi = evi
         self.settings = evi.settings
@@ -67,37 +68,69 @@ class Service:
         self.restarts = 0
         self._deaths: list[float] = []
         self.stats_path = None
+        self._stats_dir = None
         self.final_stats: dict = {}  # the worker's last counters, kept after stop()
         self._owner_pid = None
         self._logging_installed = False
+        self._attached = False  # our JobSender is the EventInterface's transport
 
     def start(self) -> "Service":
         if self.jobs is not None:
             raise RuntimeError("the RabbitMQ worker service is already started")
         # First the two things that may refuse (a table too big, a control
         # path in use), before anything is started.
-        shared = SharedSubscriptions.create(self.ctx, self.evi.subscriptions, self.table_size)
-        if self.control_path is not None:
-            try:
+        original = self.evi.subscriptions
+        shared = SharedSubscriptions.create(original, self.table_size)
+        try:
+            if self.control_path is not None:
                 self.control = ControlServer(self.control_path, Commands(self.evi, self.stats)).open()
-            except BaseException:
-                shared.close()
-                raise
-        self.shared = self.evi.subscriptions = shared
-        if self.install_logging:
-            self._logging_installed = logs.install()
-        self._owner_pid = os.getpid()
-        self.jobs = JobQueue(self.ctx, self.settings.queue_size)
-        self._stats_dir = tempfile.mkdtemp(prefix="opsevent-stats-")
-        self.stats_path = os.path.join(self._stats_dir, "worker.json")
-        # The worker's inbox for front-ends' refusal counts: an abstract
-        # address fixed now, bound by each worker process it starts.
-        self.inbox = b"\0opsevent-inbox-%d-%s" % (os.getpid(), os.urandom(6).hex().encode())
-        self.evi.attach(JobSender(self.jobs, self.inbox))
-        self.spawn_worker()
-        if self.control is not None:
-            self.control.start()
+            self.shared = self.evi.subscriptions = shared
+            if self.install_logging:
+                self._logging_installed = logs.install()
+            self._owner_pid = os.getpid()
+            self.jobs = JobQueue(self.ctx, self.settings.queue_size)
+            self._stats_dir = tempfile.mkdtemp(prefix="opsevent-stats-")
+            self.stats_path = os.path.join(self._stats_dir, "worker.json")
+            # The worker's inbox for front-ends' refusal counts: an abstract
+            # address fixed now, bound by each worker process it starts.
+            self.inbox = b"\0opsevent-inbox-%d-%s" % (os.getpid(), os.urandom(6).hex().encode())
+            self.evi.attach(JobSender(self.jobs, self.inbox))
+            self._attached = True
+            self.spawn_worker()
+            if self.control is not None:
+                self.control.start()
+        except BaseException:
+            # Leave nothing behind (no control socket file, no mapping, no
+            # worker) and the EventInterface as it was, then say why.
+            self._undo_start(shared, original)
+            raise
         return self
+
+    def _undo_start(self, shared: SharedSubscriptions, original) -> None:
+        """Take back whatever a start() that failed half-way had made; each step bounded."""
+        if self.control is not None:
+            self.control.stop()
+            self.control = None
+        if self.process is not None and self.process.is_alive():
+            self.process.kill()  # it has had no job: nothing to drain
+            self.process.join(5.0)
+        self.process = None
+        if self._attached:
+            self.evi.detach()
+            self._attached = False
+        if self.evi.subscriptions is shared:
+            self.evi.subscriptions = original
+        self.shared = None
+        shared.close()
+        if self.jobs is not None:
+            self.jobs.close()
+            self.jobs = None
+        if self._stats_dir is not None:
+            shutil.rmtree(self._stats_dir, ignore_errors=True)
+        self.stats_path = self._stats_dir = None
+        if self._logging_installed:
+            logs.uninstall()
+            self._logging_installed = False
 
     def spawn_worker(self) -> None:
         self.process = self.ctx.Process(target=worker_main, name=WORKER_NAME, daemon=False,
@@ -165,6 +198,7 @@ class Service:
                     self.process.join(5.0)
         finally:
             self.evi.detach()
+            self._attached = False
             # What was subscribed at runtime stays, in a table of this process's own.
             self.evi.subscriptions = self.shared.detached()
             self.shared.close()
