@@ -740,7 +740,7 @@ def test_a_full_shared_queue_refuses_async_raises_at_once_and_counts_them(fault_
         logging.getLogger("test_faults").warning("warming up this process's log path")
         os.kill(pid, signal.SIGSTOP)  # the worker stalls
         # A full collection of the test process's heap (hundreds of tests'
-        # objects) takes about a millisecond: the collector's cost, not the raise's.
+        # objects) can take a millisecond: the collector's cost, not the raise's.
         gc.collect()
         gc.disable()
         try:

@@ -156,9 +156,9 @@ class JobSender:
     Raises refused here (queue full) or before it (too large) never reach
     the worker, so this process counts them per subscription and sends its
     totals to the worker's inbox (``inbox``, an AF_UNIX datagram address):
-    at most every ``REPORT_EVERY`` seconds while refusals go on, once more
-    after they stop, and at exit (``flush``).  The worker adds them to its
-    per-subscription stats.
+    with the next raise the queue takes (at most every ``REPORT_EVERY``
+    seconds), at once for a too-large raise, and at exit (``flush``).  The
+    worker adds them to its per-subscription stats.
     """
 
     REPORT_EVERY = 0.5
@@ -174,15 +174,25 @@ class JobSender:
         self.queue_full = 0  # async and sync raises refused because the queue was full
         self._inbox = inbox
         self._counts = _Counts()
+        # Made once, before the fork, and shared by the children: a datagram
+        # socket that only sends needs nothing per process.
+        self._report_sock = None
+        if inbox is not None:
+            self._report_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._report_sock.setblocking(False)
+            # Bound now: the inbox asks for credentials, and the kernel would
+            # otherwise bind the sender (autobind) at its first report, which
+            # took a refused raise up to a millisecond.
+            self._report_sock.bind(b"\0opsevent-report-%d-%s" % (os.getpid(), os.urandom(6).hex().encode()))
 
     def submit(self, event, sockets, body, sync, timeout):
         ev = self._events.get(event)
         if ev is None:
             ev = self._events[event] = event.encode("utf-8")
-        if self._counts.unsent:
-            self._report()
         if not sync:
             if self._queue.put(job.encode(0, None, ev, self._sockets(sockets), body, time.monotonic())):
+                if self._counts.unsent:
+                    self._report()
                 return _queued(len(sockets))
             return self._refused(event, sockets)
         return self._submit_sync(event, ev, sockets, body, timeout)
@@ -195,6 +205,8 @@ class JobSender:
         if not self._queue.put(job.encode(seq, box.address, ev, self._sockets(sockets), body, now)):
             box.wait(seq, now)  # forget the seq
             return self._refused(event, sockets)
+        if self._counts.unsent:
+            self._report()
         statuses = box.wait(seq, now + timeout)
         if statuses is None:
             reason = f"no status from the RabbitMQ worker within {timeout:g} s"
@@ -218,8 +230,9 @@ class JobSender:
         if self.queue_full == 1 or self.queue_full % 10000 == 0:
             log.warning("job queue full (%d jobs): %d raises refused so far in this process",
                         self._queue.maxsize, self.queue_full)
+        # Counted only: the report goes with the next raise the queue takes,
+        # or at exit, so that a refused raise stays as cheap as it can be.
         self._counts.add(os.getpid(), event, sockets, "dropped_queue_full")
-        self._report()
         reason = "the shared job queue is full; the RabbitMQ worker is not keeping up"
         return ((Status.QUEUE_FULL, reason),) * len(sockets)
 
@@ -235,17 +248,15 @@ class JobSender:
         # JSON, not pickle: the worker must never run what a datagram says.
         data = json.dumps({"pid": counts.pid, "counts": [[event, sock, row] for (event, sock), row
                                                          in counts.table.items()]}).encode()
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.setblocking(False)
-            try:
-                sock.sendto(data, self._inbox)
-            except (BlockingIOError, ConnectionRefusedError, FileNotFoundError):
-                counts.unsent = True  # the worker is restarting or busy: the next report carries it
-            except OSError as exc:
-                if not counts.failed:  # e.g. a table too big for one datagram: say so once
-                    log.warning("cannot report this process's refused raises to the RabbitMQ worker "
-                                "(%d subscriptions, %d bytes): %s", len(counts.table), len(data), exc)
-                counts.failed = True
+        try:
+            self._report_sock.sendto(data, self._inbox)
+        except (BlockingIOError, ConnectionRefusedError, FileNotFoundError):
+            counts.unsent = True  # the worker is restarting or busy: the next report carries it
+        except OSError as exc:
+            if not counts.failed:  # e.g. a table too big for one datagram: say so once
+                log.warning("cannot report this process's refused raises to the RabbitMQ worker "
+                            "(%d subscriptions, %d bytes): %s", len(counts.table), len(data), exc)
+            counts.failed = True
 
     def _reply_box(self) -> ReplyBox:
         box = self._box
