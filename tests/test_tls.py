@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import ssl
 import time
 
 import pytest
@@ -20,8 +21,8 @@ import opsevent
 import workers
 from opsevent import Status, encode_event, parse_socket
 from workers.broker import BrokerTLS, PrivateBroker, consume, declare_queue
+from workers import job, tls
 from workers.channel import ReplyBox
-from workers import job
 from workers.jobqueue import JobQueue
 from workers.rabbitmq import RabbitMQWorker
 
@@ -163,3 +164,21 @@ def test_a_tls_file_the_worker_cannot_use_fails_sync_raises_and_is_logged_for_as
     assert status == "failed" and want in reason, reason
     logged = [r.getMessage() for r in caplog.records if want in r.getMessage()]
     assert logged and "1 events waiting" in logged[0], logged  # the async one waits, logged
+
+
+EOF_OR_ALERTS = [
+    # what the TLS layer said, whether we sent a client certificate, what the reason must say (None: no account)
+    (ssl.SSLEOFError(8, "EOF occurred in violation of protocol (_ssl.c:2427)"), False,
+     "it probably requires a client certificate: set tls_cert_file and tls_key_file"),
+    (ssl.SSLEOFError(8, "EOF occurred in violation of protocol (_ssl.c:2427)"), True, None),
+    (ssl.SSLError(1, "[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert certificate required"), False,
+     "the broker requires a client certificate: set tls_cert_file and tls_key_file"),
+    (ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"), True, "the port does not speak TLS"),
+]
+
+
+@pytest.mark.parametrize("error, client_cert, says", EOF_OR_ALERTS)
+def test_a_failed_handshake_is_explained_by_what_the_tls_layer_said_and_whether_we_sent_a_certificate(
+        error, client_cert, says):
+    reason = tls.explain(error, "/etc/opsevent/ca.pem", client_cert)
+    assert reason is None if says is None else says in reason, reason

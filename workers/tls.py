@@ -89,6 +89,6 @@ def explain(error: BaseException, ca_file: str | None, client_cert: bool = True)
         if word in text:
             return f"TLS handshake failed: {meaning}"
     if not client_cert and "EOF occurred in violation of protocol" in text:
-        return ("TLS handshake failed: the broker closed the connection as it began, as brokers that require "
-                "a client certificate do: set tls_cert_file and tls_key_file")
+        return ("TLS handshake failed: the broker closed the connection as it began; it probably requires "
+                "a client certificate: set tls_cert_file and tls_key_file")
     return None
