@@ -125,14 +125,9 @@ def conduct(gate: Gate, broker, target: Target, *, on_start=None, on_end=None, p
         t_ready = time.monotonic()
         if target.warmup is not None:
             name, want = target.warmup
-            deadline = t_ready + WARMUP_TIMEOUT
-            while counter.count([name]) < want:
-                if gate.barrier.broken or (alive is not None and not alive()):
-                    raise RuntimeError("a process failed before the start (see its error)")
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"warm-up: fewer than {want} events in {name!r} "
-                                       f"after {WARMUP_TIMEOUT:g} s (is the RabbitMQ worker up?)")
-                time.sleep(POLL_INTERVAL)
+            _wait_until(lambda: counter.count([name]) >= want, gate, alive, WARMUP_TIMEOUT,
+                        lambda: f"warm-up: fewer than {want} events in {name!r} after {WARMUP_TIMEOUT:g} s "
+                                f"(is the RabbitMQ worker up?)")
         clock.warmup_s = time.monotonic() - t_ready
         _wait_ready(gate, alive)
         gate.barrier.wait(START_TIMEOUT)
@@ -161,13 +156,18 @@ def conduct(gate: Gate, broker, target: Target, *, on_start=None, on_end=None, p
 
 def _wait_ready(gate: Gate, alive) -> None:
     """Wait until every process waits at the barrier, or fail early if one is gone."""
-    deadline = time.monotonic() + START_TIMEOUT
-    while gate.barrier.n_waiting < gate.parties:
+    _wait_until(lambda: gate.barrier.n_waiting >= gate.parties, gate, alive, START_TIMEOUT,
+                lambda: f"{gate.barrier.n_waiting} of {gate.parties} processes ready after {START_TIMEOUT:g} s")
+
+
+def _wait_until(done, gate: Gate, alive, timeout: float, late) -> None:
+    """Poll ``done()`` for at most ``timeout`` s; fail early if a process is gone (``late()`` says why when late)."""
+    deadline = time.monotonic() + timeout
+    while not done():
         if gate.barrier.broken or (alive is not None and not alive()):
             raise RuntimeError("a process failed or exited before the start (see its error)")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{gate.barrier.n_waiting} of {gate.parties} processes ready "
-                               f"after {START_TIMEOUT:g} s")
+            raise TimeoutError(late())
         time.sleep(POLL_INTERVAL)
 
 

@@ -408,11 +408,7 @@ def charts(directory: str | os.PathLike, res: dict, subtitle: str) -> list[str]:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
         ax.set_title("Async throughput into RabbitMQ\n" + subtitle, fontsize=10)
-        fig.tight_layout()
-        path = directory / "throughput.png"
-        fig.savefig(path)
-        plt.close(fig)
-        written.append(str(path))
+        written.append(_save(plt, fig, directory / "throughput.png"))
 
     series = []
     for key, field, label, style in (
@@ -446,9 +442,12 @@ def charts(directory: str | os.PathLike, res: dict, subtitle: str) -> list[str]:
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=8, loc="upper left")
         ax.set_title("Sync latency distribution: opsevent vs B3\n" + subtitle, fontsize=10)
-        fig.tight_layout()
-        path = directory / "sync_latency.png"
-        fig.savefig(path)
-        plt.close(fig)
-        written.append(str(path))
+        written.append(_save(plt, fig, directory / "sync_latency.png"))
     return written
+
+
+def _save(plt, fig, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return str(path)

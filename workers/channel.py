@@ -170,7 +170,6 @@ class JobSender:
         self._box_lock = threading.Lock()
         _SENDERS.add(self)
         self._sockets = SocketBytes()
-        self._events: dict[str, bytes] = {}
         self.queue_full = 0  # async and sync raises refused because the queue was full
         self._inbox = inbox
         self._counts = _Counts()
@@ -186,9 +185,7 @@ class JobSender:
             self._report_sock.bind(b"\0opsevent-report-%d-%s" % (os.getpid(), os.urandom(6).hex().encode()))
 
     def submit(self, event, sockets, body, sync, timeout):
-        ev = self._events.get(event)
-        if ev is None:
-            ev = self._events[event] = event.encode("utf-8")
+        ev = event.encode("utf-8")
         if not sync:
             if self._queue.put(job.encode(0, None, ev, self._sockets(sockets), body, time.monotonic())):
                 if self._counts.unsent:
