@@ -7,10 +7,8 @@ closed, which publishes whatever is still queued.
     python examples/pool_example.py                      # starts a private broker itself
     python examples/pool_example.py --socket rabbitmq:127.0.0.1:5673/sipmsg --count 100
 
-The same shape fits gunicorn: call ``workers.serve(evi)`` in the master (the
-``on_starting`` server hook, or at module level with ``preload_app = True``),
-so the job queue exists before gunicorn forks its workers, and call
-``service.stop()`` in the ``on_exit`` hook.
+For gunicorn, ``workers.gunicorn.Hooks`` does the same in its server hooks
+(README, "Embedding in the server you already run").
 """
 
 import argparse
@@ -35,6 +33,10 @@ def run(socket: str, count: int) -> int:
     with workers.serve(evi):
         with multiprocessing.get_context("fork").Pool(4) as pool:
             ok = sum(pool.map(handle, range(count)))
+            # Let the children exit normally (the with's exit would SIGTERM them):
+            # an async raise's job may still wait in a child's buffer.
+            pool.close()
+            pool.join()
     print(f"{ok} of {count} events confirmed by the broker")
     return 0 if ok == count else 1
 

@@ -31,8 +31,9 @@ from .subscriptions import Subscriptions
 __all__ = ["Status", "Delivery", "RaiseResult", "Settings", "Transport",
            "EventInterface"]
 
-NOT_RUNNING_REASON = ("no RabbitMQ worker is running: start a workers.Supervisor "
-                      "or workers.serve(evi)")
+NOT_RUNNING_REASON = ("no RabbitMQ worker is running for this EventInterface in this "
+                      "process: start a workers.Supervisor or workers.serve(evi) (a process "
+                      "started with 'spawn' or 'forkserver' inherits none: serve there)")
 
 
 class Status(str, enum.Enum):
@@ -264,7 +265,9 @@ class Transport(Protocol):
 
         A transport may also have ``note(event, sockets, status)``: it is
         told of raises refused before they reach it (TOO_LARGE), so that it
-        can count them with its own.
+        can count them with its own; and ``async asubmit(...)``, ``submit``
+        for coroutines (``EventInterface.araise_event``), which must not
+        block the event loop while it waits.
         """
         ...
 
@@ -384,16 +387,68 @@ class EventInterface:
             self._last[event] = (sockets, statuses, result)
         return result
 
+    async def araise_event(self, event: str, params: Params | None = None, *,
+                           attrs: Sequence[str | None] | None = None,
+                           vals: Sequence | None = None) -> RaiseResult:
+        """``raise_event`` for asyncio code: the same arguments and result.
+
+        It never blocks the event loop: an async-mode raise never waits
+        anyway, and a sync-mode raise awaits its reply (the transport's
+        ``asubmit``). Any number of tasks may await raises at once.
+        Cancelling the awaiting task abandons the wait, not the event: it
+        may still be published.
+        """
+        transport = self._transport
+        asubmit = getattr(transport, "asubmit", None)
+        if not self.settings.sync_mode or asubmit is None:
+            return self.raise_event(event, params, attrs=attrs, vals=vals)
+        if attrs is not None or vals is not None:
+            params = _zip_attrs(params, attrs, vals)
+        try:
+            sockets = self.subscriptions.get(event)
+        except TypeError:
+            sockets = ()
+        if not sockets:
+            check_event_name(event)
+            return RaiseResult(event, ())
+        steps = self._submissions(event, params, sockets)
+        statuses = None
+        try:
+            while True:
+                group, body = steps.send(statuses)
+                statuses = await asubmit(event, group, body, True, self.settings.sync_timeout)
+        except StopIteration as done:
+            return done.value
+
     def _raise_formats(self, event: str, params,
                        sockets: tuple[RabbitMQSocket, ...]) -> RaiseResult:
         """raise_event when the subscribers want bodies in more than one format."""
+        steps = self._submissions(event, params, sockets)
+        transport, settings = self._transport, self.settings
+        statuses = None
+        try:
+            while True:
+                group, body = steps.send(statuses)
+                statuses = transport.submit(event, group, body, settings.sync_mode,
+                                            settings.sync_timeout)
+        except StopIteration as done:
+            return done.value
+
+    def _submissions(self, event: str, params, sockets: tuple[RabbitMQSocket, ...]):
+        """The steps of a raise, for a caller that submits: a generator that
+        yields ``(subscribers, body)`` for each body to submit, is sent back
+        the statuses of each, and returns the RaiseResult.
+
+        Each format's body is built once, for the subscribers that want it;
+        every body is built before the first submit, so that a bad parameter
+        raises before anything is sent.
+        """
         settings = self.settings
         if type(params) not in (dict, list, tuple):
             params = list(_items(event, params))  # an iterator reads only once
         groups: dict[str, list[int]] = {}  # format -> its subscribers' indexes
         for index, socket in enumerate(sockets):
             groups.setdefault(socket.format or settings.format, []).append(index)
-        # Every body first, so that a bad parameter raises before any submit.
         bodies = {}
         for body_format in groups:
             try:
@@ -411,8 +466,7 @@ class EventInterface:
             elif transport is None:
                 statuses = [(Status.NOT_RUNNING, NOT_RUNNING_REASON)] * len(group)
             else:
-                statuses = transport.submit(event, group, body, settings.sync_mode,
-                                            settings.sync_timeout)
+                statuses = yield group, body
                 if len(statuses) != len(group):
                     _wrong_count(transport, statuses, group)
             for index, socket, (status, reason) in zip(indexes, group, statuses):

@@ -16,13 +16,19 @@ FORK = multiprocessing.get_context("fork")
 SOCKET = parse_socket("rabbitmq:127.0.0.1/q")
 
 
+def reply(replier, address, seq, statuses):
+    """What the worker does at the end of a turn for one finished sync job."""
+    replier.add(address, seq, statuses, time.monotonic() + 5)
+    replier.flush()
+
+
 def test_a_late_reply_to_a_timed_out_caller_is_discarded_not_read_by_the_next_caller():
     box, replier = ReplyBox(), Replier()
     box.expect(1)
     assert box.wait(1, time.monotonic() + 0.05) is None  # the caller gave up
-    replier.send(box.address, 1, (("confirmed", ""),))  # the worker answers late
+    reply(replier, box.address, 1, (("confirmed", ""),))  # the worker answers late
     box.expect(2)
-    replier.send(box.address, 2, (("failed", "for seq 2"),))
+    reply(replier, box.address, 2, (("failed", "for seq 2"),))
     assert box.wait(2, time.monotonic() + 2) == (("failed", "for seq 2"),)
     assert box.discarded == 1
 
@@ -40,7 +46,7 @@ def test_threads_waiting_on_one_reply_box_each_get_their_own_reply():
     for t in threads:
         t.start()
     for seq in reversed(range(1, 9)):
-        replier.send(box.address, seq, ((f"status {seq}", ""),))
+        reply(replier, box.address, seq, ((f"status {seq}", ""),))
     for t in threads:
         t.join(10)
     assert got == {seq: ((f"status {seq}", ""),) for seq in range(1, 9)}
@@ -150,11 +156,11 @@ def test_a_reply_forged_by_another_users_process_is_dropped_and_the_real_one_is_
         try:
             os.setgid(65534)
             os.setuid(65534)
-            Replier().send(box.address, 5, (("confirmed", "forged"),))
+            reply(Replier(), box.address, 5, (("confirmed", "forged"),))
         finally:
             os._exit(0)
     os.waitpid(pid, 0)
-    replier.send(box.address, 5, (("failed", "the real one"),))
+    reply(replier, box.address, 5, (("failed", "the real one"),))
     assert box.wait(5, time.monotonic() + 2) == (("failed", "the real one"),)
 
 

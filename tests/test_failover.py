@@ -96,7 +96,7 @@ def test_events_go_to_the_next_host_while_the_primary_is_down_and_back_to_the_pr
     link_log.setLevel(logging.INFO)  # the fail-back line is good news: INFO; the worker inherits this at fork
     with worker_logs() as logs, contextlib.ExitStack() as restore:
         restore.callback(link_log.setLevel, level)
-        with workers.serve(evi) as service:
+        with workers.serve(evi, install_logging=True) as service:
             raiser = Raiser(evi, "E_FAILOVER", rate=200)
             raiser.start()
             try:

@@ -143,7 +143,7 @@ class Records(logging.Handler):
 def worker_logs():
     """Records from every process, as the main process's handlers get them.
 
-    Enter it before ``workers.serve()``: serve() routes the children's records
+    Enter it before ``workers.serve(evi, install_logging=True)``, which routes the children's records
     to the root logger's handlers present at that moment (multiprocessing-logging).
     """
     root = logging.getLogger()
@@ -284,7 +284,7 @@ def test_events_beyond_the_backlog_bounds_are_dropped_counted_and_logged_once_pe
         return s.get("dropped_backlog_full", 0) + s.get("dropped_expired", 0)
 
     with worker_logs() as logs:
-        with workers.serve(evi) as service:
+        with workers.serve(evi, install_logging=True) as service:
             assert evi.raise_event("E_BOUND", {"rank": 0, "seq": 0})
             wait_for(lambda: link_stats(service, label).get("confirmed") == 1, 5, "the first event confirmed")
             b.stop_app()
@@ -330,7 +330,7 @@ def test_reconnect_attempts_back_off_exponentially_with_jitter_up_to_the_cap(fau
     evi.subscribe_event("E_BACKOFF", sock)
 
     with worker_logs() as logs:
-        with workers.serve(evi) as service:
+        with workers.serve(evi, install_logging=True) as service:
             assert evi.raise_event("E_BACKOFF", {"n": 0})
             wait_for(lambda: link_stats(service, label).get("confirmed") == 1, 5, "the first event confirmed")
             b.stop_app()
@@ -619,7 +619,7 @@ def test_wrong_credentials_fail_clearly_log_once_per_backoff_and_leave_other_bro
     expected = f"access refused for user 'intruder' at 127.0.0.1:{b.port}"
 
     with worker_logs() as logs:
-        with workers.serve(evi) as service:
+        with workers.serve(evi, install_logging=True) as service:
             async_evi.attach(evi.transport)
             t0 = time.monotonic()
             (bad,) = evi.raise_event("E_BAD", {"n": 0}).deliveries
@@ -708,7 +708,7 @@ def test_an_unroutable_event_is_reported_to_a_sync_caller_and_counted_for_async_
     async_evi.subscribe_event("E_NOWHERE", unbound)
 
     with worker_logs() as logs:
-        with workers.serve(evi) as service:
+        with workers.serve(evi, install_logging=True) as service:
             (sync,) = evi.raise_event("E_NOWHERE", {"n": 0}).deliveries
             async_evi.attach(evi.transport)
             for n in range(50):

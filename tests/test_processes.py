@@ -105,7 +105,7 @@ def test_records_from_every_process_reach_the_main_process_handlers_named_by_pro
     root.setLevel(logging.INFO)
     try:
         evi = opsevent.EventInterface()
-        workers.Supervisor(evi, logging_target, processes=3).run()
+        workers.Supervisor(evi, logging_target, processes=3, install_logging=True).run()
     finally:
         root.removeHandler(handler)
         root.setLevel(old_level)
@@ -146,5 +146,5 @@ def test_a_frontend_that_keeps_crashing_is_given_up_after_the_crash_limit(caplog
     sup = workers.Supervisor(opsevent.EventInterface(), always_crash, processes=1, install_logging=False)
     with caplog.at_level(logging.INFO, logger="workers.supervisor"):
         assert sup.run() == {1: 1}
-    assert caplog.text.count("restarting front-end 1") == 3
+    assert caplog.text.count("restarting front-end 1") == 2  # its third exit within the window is the last
     assert "not restarting it" in caplog.text

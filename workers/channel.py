@@ -12,22 +12,25 @@ Theory of operation (OpenSIPS ``rabbitmq_send.c`` + ``ipc.c`` sync replies):
   reply address and a sequence number (``workers/job.py`` has its bytes).
 * Sync replies travel over a per-process *reply pipe*: an ``AF_UNIX`` datagram
   socket in the abstract namespace, created lazily in the process that waits
-  on it (never inherited across a fork).  A reply is ``(seq, statuses)``; each
-  waiter takes only the reply whose ``seq`` is its own, so a late reply to a
-  job that already timed out is discarded, never read by the next caller.
-  Several threads of one process may wait at once: whichever holds the read
-  lock reads and hands other threads' replies over (leader/follower).
+  on it (never inherited across a fork).  A reply is ``[seq, statuses]`` in
+  JSON; the worker sends the replies of one loop turn to one process as one
+  datagram (``Replier``), and holds them, bounded by their callers'
+  deadlines, while that process's box is full, so no reply is dropped
+  because many raises wait at once.  Each waiter takes only the reply whose
+  ``seq`` is its own, so a late reply to a job that already timed out is
+  discarded, never read by the next caller.  Any number of threads and
+  asyncio tasks of one process may wait at once (``ReplyBox``).
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
 import json
 import logging
 import math
 import os
-import pickle
 import select
 import socket
 import struct
@@ -35,8 +38,9 @@ import threading
 import time
 import weakref
 
-from opsevent import Status
+from opsevent import RabbitMQSocket, Status
 from workers import job
+from workers.process import FORK_ONLY, run_at_exit
 from workers.job import SocketBytes
 
 log = logging.getLogger(__name__)
@@ -46,66 +50,197 @@ log = logging.getLogger(__name__)
 _MAX_REPLY = 65536
 
 
+class _Waiter:
+    """One sync raise waiting for its reply: a thread (``wake``) or an asyncio task (``future``)."""
+
+    __slots__ = ("reply", "wake", "sleeping", "future", "loop")
+
+    def __init__(self):
+        self.reply = _PENDING
+        self.wake: threading.Lock | None = None  # held while its thread sleeps; released to wake it
+        self.sleeping = False
+        self.future = None
+        self.loop = None
+
+
 class ReplyBox:
-    """This process's reply pipe and the waiters on it (one per process)."""
+    """This process's reply pipe and the raises waiting on it (one box per process).
+
+    Threads take turns reading (leader/follower): one waiter reads the
+    socket and hands each reply to its own waiter, waking only that one;
+    when its own reply has come it passes the reading on to one sleeping
+    waiter.  A thousand waiting threads cost one wake-up per reply, not a
+    thousand.  Asyncio tasks never block: each event loop with a task
+    waiting here watches the socket itself (``add_reader``).
+    """
 
     def __init__(self):
         self.pid = os.getpid()
         self.address = b"\0opsevent-reply-%d-%s" % (self.pid, os.urandom(6).hex().encode())
         self.sock = private_socket(self.address)
+        # Room for many batches: the worker sends one datagram per turn to this process.
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        # Non-blocking for good, waited on with poll(): settimeout() before
-        # each read would cost two fcntl() calls per sync raise.
-        self._poll = select.poll()
-        self._poll.register(self.sock.fileno(), select.POLLIN)
-        self._cond = threading.Condition()
-        self._waiting: dict[int, object] = {}  # seq -> reply, or _PENDING
-        self._reading = False
+        self._lock = threading.Lock()
+        self._waiting: dict[int, _Waiter] = {}
+        self._leader = False  # a thread is reading the socket
+        self._loops: dict = {}  # event loop -> its waiters here; each such loop watches the socket
         self.discarded = 0  # late replies to jobs whose caller gave up
 
     def expect(self, seq: int) -> None:
-        with self._cond:
-            self._waiting[seq] = _PENDING
+        with self._lock:
+            self._waiting[seq] = _Waiter()
+
+    def forget(self, seq: int) -> None:
+        with self._lock:
+            self._waiting.pop(seq, None)
 
     def wait(self, seq: int, deadline: float):
         """Return the statuses for ``seq``, or ``None`` when ``deadline`` passes."""
-        with self._cond:
+        lock = self._lock
+        with lock:
+            waiter = self._waiting[seq]
             try:
-                while True:
-                    reply = self._waiting[seq]
-                    if reply is not _PENDING:
-                        return reply
+                while waiter.reply is _PENDING:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         return None
-                    if self._reading:
-                        self._cond.wait(left)
-                    else:
+                    if not self._leader:
                         self._lead(left)
+                    else:
+                        self._sleep(waiter, left)
+                return waiter.reply
             finally:
                 del self._waiting[seq]
+                if not self._leader:
+                    self._hand_over()
 
     def _lead(self, left: float) -> None:
-        # Called with the lock held; reads one datagram without it.
-        self._reading = True
-        self._cond.release()
+        # Called with the lock held; reads without it.
+        self._leader = True
+        self._lock.release()
         try:
-            data = None
-            if self._poll.poll(max(1, math.ceil(left * 1000))):
-                try:
-                    data = receive_own(self.sock, _MAX_REPLY)
-                except (BlockingIOError, InterruptedError):
-                    pass
+            datagrams = self._read(left)
         finally:
-            self._cond.acquire()
-            self._reading = False
-        if data is not None:
-            seq, statuses = pickle.loads(data)
-            if self._waiting.get(seq) is _PENDING:
-                self._waiting[seq] = statuses
-            else:
-                self.discarded += 1
-        self._cond.notify_all()
+            self._lock.acquire()
+            self._leader = False
+        self._dispatch(datagrams)
+
+    def _sleep(self, waiter: _Waiter, left: float) -> None:
+        # Called with the lock held; sleeps without it until its reply, a
+        # turn at reading, or the deadline.
+        if waiter.wake is None:
+            waiter.wake = threading.Lock()
+            waiter.wake.acquire()
+        waiter.sleeping = True
+        self._lock.release()
+        try:
+            woken = waiter.wake.acquire(timeout=left)
+        finally:
+            self._lock.acquire()
+        if waiter.sleeping:
+            waiter.sleeping = False  # timed out, and nobody woke it since
+        elif not woken:
+            waiter.wake.acquire(False)  # woken just as it timed out: take that wake-up back
+
+    def _wake(self, waiter: _Waiter) -> None:
+        if waiter.sleeping:
+            waiter.sleeping = False
+            waiter.wake.release()
+
+    def _hand_over(self) -> None:
+        # Nobody reads now: give the turn to one sleeping thread, if any.
+        for waiter in self._waiting.values():
+            if waiter.sleeping and waiter.reply is _PENDING:
+                self._wake(waiter)
+                return
+
+    def _read(self, left: float) -> list[bytes]:
+        poller = select.poll()
+        poller.register(self.sock.fileno(), select.POLLIN)
+        if not poller.poll(max(1, math.ceil(left * 1000))):
+            return []
+        return self._read_ready()
+
+    def _read_ready(self) -> list[bytes]:
+        datagrams = []
+        for _ in range(256):
+            try:
+                data = receive_own(self.sock, _MAX_REPLY)
+            except (BlockingIOError, InterruptedError):
+                break
+            if data is not None:
+                datagrams.append(data)
+        return datagrams
+
+    def _dispatch(self, datagrams: list[bytes]) -> None:
+        # Called with the lock held.
+        for data in datagrams:
+            try:
+                replies = json.loads(data)
+            except ValueError:
+                log.warning("ignored a malformed reply datagram (%d bytes)", len(data))
+                continue
+            for seq, statuses in replies:
+                waiter = self._waiting.get(seq)
+                if waiter is None or waiter.reply is not _PENDING:
+                    self.discarded += 1
+                    continue
+                waiter.reply = tuple(map(tuple, statuses))
+                if waiter.future is not None:
+                    waiter.loop.call_soon_threadsafe(_resolve, waiter.future)
+                else:
+                    self._wake(waiter)
+
+    # ---- asyncio ------------------------------------------------------------------
+
+    async def wait_async(self, seq: int, deadline: float):
+        """``wait()`` for a coroutine: never blocks its event loop; cancellation forgets ``seq``."""
+        import asyncio  # only processes that await a raise pay for importing it
+
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            waiter = self._waiting[seq]
+            if waiter.reply is _PENDING:
+                waiter.loop, waiter.future = loop, loop.create_future()
+                self._watch(loop)
+        try:
+            if waiter.future is not None:
+                try:
+                    async with asyncio.timeout(deadline - time.monotonic()):
+                        await waiter.future
+                except TimeoutError:
+                    pass
+            return None if waiter.reply is _PENDING else waiter.reply
+        finally:
+            with self._lock:
+                del self._waiting[seq]
+                if waiter.future is not None:
+                    self._unwatch(loop)
+                if not self._leader:
+                    self._hand_over()
+
+    def _watch(self, loop) -> None:
+        count = self._loops.get(loop, 0)
+        if count == 0:
+            loop.add_reader(self.sock.fileno(), self._on_readable)
+        self._loops[loop] = count + 1
+
+    def _unwatch(self, loop) -> None:
+        count = self._loops.pop(loop) - 1
+        if count:
+            self._loops[loop] = count
+        else:
+            loop.remove_reader(self.sock.fileno())
+
+    def _on_readable(self) -> None:
+        datagrams = self._read_ready()
+        with self._lock:
+            self._dispatch(datagrams)
+
+
+def _resolve(future) -> None:
+    if not future.done():  # a cancelled task's future stays cancelled
+        future.set_result(None)
 
 
 _PENDING = object()
@@ -150,27 +285,35 @@ _foreign = 0  # datagrams dropped by receive_own in this process
 class JobSender:
     """The front-end end of the channel: opsevent's ``Transport``.
 
-    Safe to share between threads, and inherited by forked children: the
-    reply pipe is (re)made in whichever process first waits for a reply.
+    Safe to share between threads and asyncio tasks, and inherited by forked
+    children: the reply pipe is (re)made in whichever process first waits
+    for a reply.  Fork only: pickled (a ``spawn`` or ``forkserver`` child)
+    it raises ``TypeError`` saying what to do instead.
 
     Raises refused here (queue full) or before it (too large) never reach
     the worker, so this process counts them per subscription and sends its
     totals to the worker's inbox (``inbox``, an AF_UNIX datagram address):
     with the next raise the queue takes (at most every ``REPORT_EVERY``
-    seconds), at once for a too-large raise, and at exit (``flush``).  The
-    worker adds them to its per-subscription stats.
+    seconds), at once for a too-large raise, and at exit.
+
+    At exit (``at_exit``, run by ``atexit`` and multiprocessing's exit
+    hooks in any process that has something to hand over, whoever forked
+    it), the jobs still in this process's overflow buffer are handed to the
+    worker through a spool file, without waiting for it.
     """
 
     REPORT_EVERY = 0.5
 
-    def __init__(self, job_queue, inbox: bytes | None = None):
+    def __init__(self, job_queue, inbox: bytes | None = None, drain_timeout: float = 5.0):
         self._queue = job_queue
         self._seq = itertools.count(1)
         self._box: ReplyBox | None = None
         self._box_lock = threading.Lock()
         _SENDERS.add(self)
         self._sockets = SocketBytes()
+        job_queue.on_first_overflow = _arm_exit_hook
         self.queue_full = 0  # async and sync raises refused because the queue was full
+        self.drain_timeout = drain_timeout
         self._inbox = inbox
         self._counts = _Counts()
         # Made once, before the fork, and shared by the children: a datagram
@@ -184,6 +327,9 @@ class JobSender:
             # took a refused raise up to a millisecond.
             self._report_sock.bind(b"\0opsevent-report-%d-%s" % (os.getpid(), os.urandom(6).hex().encode()))
 
+    def __reduce__(self):
+        raise TypeError(FORK_ONLY)
+
     def submit(self, event, sockets, body, sync, timeout):
         ev = event.encode("utf-8")
         if not sync:
@@ -192,23 +338,44 @@ class JobSender:
                     self._report()
                 return _queued(len(sockets))
             return self._refused(event, sockets)
-        return self._submit_sync(event, ev, sockets, body, timeout)
+        box, seq, now, readers = self._put_sync(ev, sockets, body)
+        if box is None:
+            return self._refused(event, sockets)
+        return self._sync_result(box.wait(seq, now + timeout), sockets, timeout, readers)
 
-    def _submit_sync(self, event, ev, sockets, body, timeout):
+    async def asubmit(self, event, sockets, body, sync, timeout):
+        """``submit()`` for a coroutine: waits for a sync reply without blocking the event loop."""
+        if not sync:
+            return self.submit(event, sockets, body, sync, timeout)  # never waits
+        box, seq, now, readers = self._put_sync(event.encode("utf-8"), sockets, body)
+        if box is None:
+            return self._refused(event, sockets)
+        return self._sync_result(await box.wait_async(seq, now + timeout), sockets, timeout, readers)
+
+    def _put_sync(self, ev, sockets, body):
+        """Queue a sync job; ``(box, seq, time, worker generation)``, or box None when the queue is full."""
         box = self._reply_box()
         seq = next(self._seq)
         now = time.monotonic()
-        box.expect(seq)
+        readers = self._queue.readers()
+        box.expect(seq)  # before the put: the reply may come before put() returns
         if not self._queue.put(job.encode(seq, box.address, ev, self._sockets(sockets), body, now)):
-            box.wait(seq, now)  # forget the seq
-            return self._refused(event, sockets)
+            box.forget(seq)
+            return None, seq, now, readers
         if self._counts.unsent:
             self._report()
-        statuses = box.wait(seq, now + timeout)
-        if statuses is None:
-            reason = f"no status from the RabbitMQ worker within {timeout:g} s"
-            return ((Status.TIMEOUT, reason),) * len(sockets)
-        return tuple((Status(code), reason) for code, reason in statuses)
+        return box, seq, now, readers
+
+    def _sync_result(self, statuses, sockets, timeout, readers):
+        if statuses is not None:
+            return tuple((Status(code), reason) for code, reason in statuses)
+        if self._queue.readers() != readers:
+            reason = (f"no status within {timeout:g} s: the RabbitMQ worker was replaced meanwhile; the "
+                      f"event may or may not reach the broker")
+        else:
+            reason = (f"no status from the RabbitMQ worker within {timeout:g} s; the event may still "
+                      f"reach the broker")
+        return ((Status.TIMEOUT, reason),) * len(sockets)
 
     def note(self, event, sockets, status) -> None:
         """Count a raise that opsevent refused before the transport (``too large``)."""
@@ -216,11 +383,45 @@ class JobSender:
         self._report()
 
     def flush(self, timeout: float) -> int:
-        """Called as a front-end exits: hand over its buffered jobs (see ``JobQueue.flush``)."""
+        """Hand over this process's buffered jobs (see ``JobQueue.flush``); how many are left."""
         left = self._queue.flush(timeout)
         if self._counts.unsent:
             self._report(force=True)
         return left
+
+    def at_exit(self) -> None:
+        """This process is ending: hand its buffered jobs over at once, and send its counts.
+
+        The jobs go to a spool file the worker reads (``JobQueue.spool_unsent``),
+        so the exit never waits for the worker; only when that file cannot be
+        written are they counted as ``dropped_at_exit``, logged, and their
+        queue slots freed.
+        """
+        try:
+            spooled = self._queue.spool_unsent()
+            if spooled:
+                log.info("process %d exits with %d queued events; handed to the RabbitMQ worker in a spool file",
+                         os.getpid(), spooled)
+        except OSError as exc:
+            self._drop_unsent(exc)
+        self._last_report()
+
+    def _drop_unsent(self, why) -> None:
+        dropped = self._queue.discard_unsent()
+        for payload in dropped:
+            _seq, _reply, event, sockets, _body, _raised = job.decode(payload)
+            self._counts.add(os.getpid(), event.decode("utf-8", "replace"),
+                             [RabbitMQSocket(*wire) for wire in job.load_sockets(sockets)], "dropped_at_exit")
+        log.error("process %d is exiting with %d queued events it cannot hand to the RabbitMQ worker (%s); "
+                  "they are dropped and counted (dropped_at_exit)", os.getpid(), len(dropped), why)
+
+    def _last_report(self) -> None:
+        # A worker being replaced has no inbox for a moment: try for a second.
+        deadline = time.monotonic() + 1.0
+        while self._counts.unsent and time.monotonic() < deadline:
+            self._report(force=True)
+            if self._counts.unsent:
+                time.sleep(0.05)
 
     def _refused(self, event, sockets):
         self.queue_full += 1
@@ -269,6 +470,19 @@ class JobSender:
 _SENDERS: weakref.WeakSet = weakref.WeakSet()
 
 
+def _arm_exit_hook() -> None:
+    """This process has something to hand over at exit (buffered jobs, refusal counts)."""
+    run_at_exit(_at_exit)
+
+
+def _at_exit() -> None:
+    for sender in list(_SENDERS):
+        try:
+            sender.at_exit()
+        except Exception:
+            log.exception("handing this process's queued events to the RabbitMQ worker failed at exit")
+
+
 def _after_fork_in_child() -> None:
     # A thread of the parent may have held the lock at the fork (see JobQueue).
     for sender in list(_SENDERS):
@@ -290,9 +504,10 @@ class _Counts:
         self._texts: dict[int, tuple] = {}  # id(socket) -> (socket, its text): str() once per socket
 
     def add(self, pid: int, event: str, sockets, what: str) -> None:
-        if pid != self.pid:  # a forked child starts its own count
+        if pid != self.pid:  # a forked child starts its own count, and reports it at exit
             self.__init__()
             self.pid = pid
+            _arm_exit_hook()
         for s in sockets:
             hit = self._texts.get(id(s))
             if hit is None or hit[0] is not s:
@@ -311,23 +526,169 @@ def _queued(n: int) -> tuple:
 
 
 class Replier:
-    """The worker's end of the reply pipes: non-blocking, never waits on a caller."""
+    """The worker's end of the reply pipes: batched, never blocking, never losing a reply silently.
 
-    def __init__(self):
+    Replies finished in one turn of the worker's loop go out together, one
+    datagram per caller process (``flush``).  A caller's box holds only
+    ``net.unix.max_dgram_qlen`` datagrams (10 by default): when it is full
+    the reply waits here, on a socket connected to that box whose
+    writability the kernel reports when the box has room again, until its
+    caller's deadline.  A reply that cannot be delivered (caller gone, or
+    its deadline passed) is counted in ``lost`` and logged at WARNING,
+    with a count, at most every ``LOG_EVERY`` seconds.
+    """
+
+    MAX_DATAGRAM = 32768  # bytes of JSON per datagram; a bigger batch is split
+    LOG_EVERY = 5.0
+
+    def __init__(self, watch_writable=None, unwatch=None):
+        # watch_writable(fd, callback) / unwatch(fd): the worker's I/O loop.
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
-        self.lost = 0  # replies nobody could receive (caller gone or its pipe full)
+        self._watch, self._unwatch = watch_writable, unwatch
+        self._batches: dict[bytes, list] = {}  # address -> [[seq, statuses], ...] of this turn
+        self._deadlines: dict[bytes, float] = {}  # address -> latest deadline among this turn's replies
+        self._stuck: dict[bytes, _Stuck] = {}  # address -> replies waiting for room in its box
+        self.sent = 0  # replies delivered
+        self.lost = 0  # replies nobody could receive (caller gone, or its deadline passed)
+        self._lost_logged = (0, 0.0)  # (lost at the last log line, when)
+        self._why = ""  # why the last reply was lost
 
-    def send(self, address: bytes, seq: int, statuses) -> bool:
-        data = pickle.dumps((seq, statuses), protocol=pickle.HIGHEST_PROTOCOL)
+    def add(self, address: bytes, seq: int, statuses, deadline: float) -> None:
+        """Queue a reply for this turn's ``flush``."""
+        batch = self._batches.get(address)
+        if batch is None:
+            batch = self._batches[address] = []
+        batch.append((seq, statuses))
+        if deadline > self._deadlines.get(address, 0.0):
+            self._deadlines[address] = deadline
+
+    def flush(self) -> None:
+        """Send this turn's replies: one datagram per caller process (split if big)."""
+        if not self._batches:
+            return
+        batches, self._batches = self._batches, {}
+        deadlines, self._deadlines = self._deadlines, {}
+        for address, replies in batches.items():
+            for data, count in _datagrams(replies, self.MAX_DATAGRAM):
+                self._send(address, data, count, deadlines[address])
+
+    def _send(self, address: bytes, data: bytes, count: int, deadline: float) -> None:
+        stuck = self._stuck.get(address)
+        if stuck is not None:  # keep this caller's replies in order
+            stuck.queue.append((data, count, deadline))
+            return
         try:
             self.sock.sendto(data, address)
-            return True
+            self.sent += count
+        except BlockingIOError:
+            self._hold(address, (data, count, deadline))
         except OSError as exc:
-            # The caller exited or stopped reading; its raise has timed out.
-            self.lost += 1
-            log.debug("reply %d to a gone caller lost: %s", seq, exc)
-            return False
+            self._lose(count, f"caller gone ({exc.strerror or exc})")
+
+    def _hold(self, address: bytes, item) -> None:
+        # The caller's box is full: wait for room on a socket connected to it
+        # (an unconnected socket's writability says nothing about the box).
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(address)
+        except OSError as exc:
+            sock.close()
+            self._lose(item[1], f"caller gone ({exc.strerror or exc})")
+            return
+        stuck = self._stuck[address] = _Stuck(sock, collections.deque([item]))
+        if self._watch is not None:
+            self._watch(sock.fileno(), lambda *_unused: self._retry(address))
+        else:
+            self._retry(address)
+
+    def _retry(self, address: bytes) -> None:
+        stuck = self._stuck[address]
+        queue, now = stuck.queue, time.monotonic()
+        while queue:
+            data, count, deadline = queue[0]
+            if deadline <= now:
+                queue.popleft()
+                self._lose(count, "the caller's deadline passed while its reply box was full")
+                continue
+            try:
+                stuck.sock.send(data)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._lose(sum(c for _d, c, _t in queue), f"caller gone ({exc.strerror or exc})")
+                queue.clear()
+                break
+            queue.popleft()
+            self.sent += count
+        self._release(address)
+
+    def sweep(self) -> None:
+        """Drop held replies whose callers have given up (called every tick); log what was lost."""
+        for address in list(self._stuck):
+            self._retry(address)
+        if self.lost != self._lost_logged[0] and time.monotonic() - self._lost_logged[1] >= self.LOG_EVERY:
+            self._log_lost()
+
+    def _release(self, address: bytes) -> None:
+        stuck = self._stuck.pop(address)
+        if self._unwatch is not None:
+            self._unwatch(stuck.sock.fileno())
+        stuck.sock.close()
+
+    def _lose(self, count: int, why: str) -> None:
+        self.lost += count
+        self._why = why
+        if time.monotonic() - self._lost_logged[1] >= self.LOG_EVERY:
+            self._log_lost()
+
+    def _log_lost(self) -> None:
+        previous, _unused = self._lost_logged
+        log.warning("%d sync replies could not be delivered since the last report (%s); %d in all",
+                    self.lost - previous, self._why, self.lost)
+        self._lost_logged = (self.lost, time.monotonic())
 
     def close(self) -> None:
+        self.flush()
+        for address in list(self._stuck):
+            self._retry(address)
+        for address in list(self._stuck):
+            stuck = self._stuck[address]
+            self._lose(sum(c for _d, c, _t in stuck.queue), "the worker is exiting")
+            self._release(address)
+        if self.lost != self._lost_logged[0]:
+            self._log_lost()
         self.sock.close()
+
+
+def _shortened(reply) -> bytes:
+    """One reply too big for a caller's read (thousands of subscribers, long reasons): the
+    reasons are cut, and logged here whole, so the caller still gets every status."""
+    seq, statuses = reply
+    log.warning("the reply to sync raise %d is over %d bytes; its reasons are cut, here they are whole: %s",
+                seq, _MAX_REPLY, "; ".join(reason for _code, reason in statuses if reason))
+    cut = [(code, reason[:40] + " ... (cut: see the worker's log)" if len(reason) > 40 else reason)
+           for code, reason in statuses]
+    return json.dumps([[seq, cut]], separators=(",", ":")).encode()
+
+
+class _Stuck:
+    __slots__ = ("sock", "queue")
+
+    def __init__(self, sock, queue):
+        self.sock = sock
+        self.queue = queue  # (datagram, replies in it, latest deadline)
+
+
+def _datagrams(replies: list, limit: int):
+    """``(json bytes, count)`` for ``replies``, each at most ``limit`` bytes unless one reply is bigger."""
+    data = json.dumps(replies, separators=(",", ":")).encode()
+    if len(data) <= limit or len(replies) == 1:
+        if len(data) > _MAX_REPLY:
+            data = _shortened(replies[0])
+        yield data, len(replies)
+        return
+    half = len(replies) // 2
+    yield from _datagrams(replies[:half], limit)
+    yield from _datagrams(replies[half:], limit)

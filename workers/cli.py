@@ -224,9 +224,9 @@ BROKER_ORDER = ["state", "blocked", "pending", "inflight", "published", "confirm
                 "unroutable", "failed", "connects", "connection_lost", "republished",
                 "dropped_expired"]
 SUBSCRIPTION_ORDER = ["raised", "queued", "published", "confirmed", "nacked", "unroutable", "failed",
-                      "timeout", "dropped_queue_full", "dropped_expired", "too_large"]
-TOTALS_ORDER = ["jobs", "outstanding", "queue_depth", "queued", "confirmed", "nacked", "unroutable",
-                "failed", "timeout"]
+                      "timeout", "dropped_queue_full", "dropped_expired", "too_large", "dropped_at_exit"]
+TOTALS_ORDER = ["jobs", "outstanding", "queue_depth", "held", "queued", "confirmed", "nacked", "unroutable",
+                "failed", "timeout", "replies_lost", "lost_with_dead_workers"]
 _NOT_TOTALS = {"pid", "time", "brokers", "subscriptions"}
 
 

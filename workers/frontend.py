@@ -54,17 +54,11 @@ def frontend_main(rank: int, evi, target) -> None:
         code = EXIT_ERROR
     else:
         code = EXIT_OK
-    # The target is done; what is left is handing over its accepted jobs,
-    # which an interrupt would lose.  The supervisor waits while it progresses.
+    # The target is done; what is left is handing over its accepted jobs
+    # (a spool file, at once), which an interrupt would lose.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _flush(rank, evi)
+    at_exit = getattr(evi.transport, "at_exit", None)
+    if at_exit is not None:
+        at_exit()
     logs.before_child_exit(parent)
     sys.exit(code)
-
-
-def _flush(rank: int, evi) -> None:
-    transport = evi.transport
-    if transport is not None and hasattr(transport, "flush"):
-        left = transport.flush(evi.settings.drain_timeout)
-        if left:
-            log.error("front-end %d: %d queued events could not be handed to the RabbitMQ worker", rank, left)

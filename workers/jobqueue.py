@@ -35,6 +35,20 @@ per-process overflow buffer and feeder thread when it has not.
   half-way are dropped after a while.
 * A job's payload is bytes the caller encodes (``workers.channel``); this
   module only frames, carries and counts them.
+* A process that exits with jobs still in its overflow buffer (a recycled
+  gunicorn worker, a stopping front-end) must neither wait for the worker
+  (a server does not replace a worker until it is gone, so waiting stalls
+  it) nor lose them: ``spool_unsent()`` writes their frames to a file in
+  the spool folder (made pre-fork) and the process exits at once.  The
+  worker reads spool files like the pipe, after reading what the pipe holds
+  (the exited process's earlier jobs are there), so order is kept.  Their
+  slots stay taken until the worker reads them, like jobs in the pipe.
+* The ledger, a few counters in shared memory made pre-fork, says what the
+  reader holds: jobs it took out of the pipe (``taken``) and jobs it is done
+  with (``finished``, counted by the worker).  If the reader dies, the
+  difference is what died with it; ``settle_dead_reader()`` moves it to
+  ``lost`` before the next reader attaches (``readers`` counts them).
+  Only the reader writes ``taken`` and ``finished``, so no lock is needed.
 """
 
 from __future__ import annotations
@@ -43,6 +57,7 @@ import collections
 import fcntl
 import itertools
 import logging
+import mmap
 import os
 import select
 import struct
@@ -59,6 +74,8 @@ _CHUNK = _PIPE_BUF - _HEADER.size
 _STALE_PARTIAL = 10.0  # seconds after which an unfinished multi-frame job is dropped
 _WANTED_PIPE_SIZE = 8 << 20
 _F_SETPIPE_SZ, _F_GETPIPE_SZ = 1031, 1032
+TAKEN, FINISHED, LOST, READERS, SPOOLED = range(5)  # the ledger's u64 counters
+SPOOL_LOOK_EVERY = 1.0  # seconds between two looks at the spool folder when no writer said it wrote
 
 
 class _Local:
@@ -74,19 +91,26 @@ class _Local:
 
 
 class JobQueue:
-    def __init__(self, ctx, maxsize: int):
-        # Pre-fork: the pipe and the slot count, nothing else.
+    def __init__(self, ctx, maxsize: int, spool_dir: str | None = None):
+        # Pre-fork: the pipe, the slot count, the ledger; the spool folder is the caller's.
         self.maxsize = maxsize
+        self.spool_dir = spool_dir
         self._read_fd, self._write_fd = os.pipe()
         # Every writer shares this end: non-blocking, so a full pipe is EAGAIN, never a wait.
         os.set_blocking(self._write_fd, False)
         self.capacity = _grow_pipe(self._write_fd)
         self._slots = ctx.Semaphore(maxsize)
+        self._ledger_map = mmap.mmap(-1, mmap.PAGESIZE)  # anonymous and shared: inherited by the fork
+        self.ledger = memoryview(self._ledger_map).cast("Q")
+        self.on_first_overflow = None  # called in a process the first time it buffers a job
         self._local: _Local | None = None
         self._local_lock = threading.Lock()
         _QUEUES.add(self)
         self._partial = {}  # worker side: job id -> (first seen, frames so far)
         self._ready: collections.deque = collections.deque()  # worker side: jobs read ahead
+        self._spool_seen = 0  # worker side: the SPOOLED count at its last look
+        self._spool_look = 0.0  # worker side: when it last looked at the folder
+        self.unspooled = 0  # worker side: jobs read from spool files
         self.torn = 0  # worker side: jobs dropped because their writer died half-way
 
     # ---- the front-end end -------------------------------------------------------
@@ -113,6 +137,8 @@ class JobQueue:
                 local.feeder = threading.Thread(target=self._feed, args=(local,), name="opsevent-feeder",
                                                 daemon=True)
                 local.feeder.start()
+                if self.on_first_overflow is not None:
+                    self.on_first_overflow()
             local.wake.notify()
         return True
 
@@ -129,12 +155,12 @@ class JobQueue:
         # The overflow path, in this thread only: wait for room, write frames.
         fd = self._write_fd
         while True:
+            # The writes never block, so they are made under the lock: a
+            # buffer taken by discard_unsent() is never half-written behind it.
             with local.lock:
                 while not local.overflow:
                     local.wake.wait()
-                frames = local.overflow[0]
-            left = _write_some(fd, frames)
-            with local.lock:
+                left = _write_some(fd, local.overflow[0])
                 if left:
                     local.overflow[0] = left
                 else:
@@ -150,6 +176,50 @@ class JobQueue:
         """Jobs of this process still in its overflow buffer."""
         local = self._local
         return len(local.overflow) if local is not None and local.pid == os.getpid() else 0
+
+    def spool_unsent(self) -> int:
+        """This process is exiting: write its buffered jobs to a spool file for the worker.
+
+        Returns how many jobs it spooled (0: nothing buffered).  Raises
+        ``OSError`` when the file cannot be written (no spool folder, disk
+        full): the jobs are then still buffered, for ``discard_unsent()``.
+        """
+        local = self._local
+        if local is None or local.pid != os.getpid() or self.spool_dir is None:
+            if self.unsent():
+                raise OSError("this queue has no spool folder")
+            return 0
+        with local.lock:
+            if not local.overflow:
+                return 0
+            frames = [frame for entry in local.overflow for frame in entry]
+            name = os.path.join(self.spool_dir, f"{time.time():.6f}-{local.pid}-{next(local.ids)}")
+            with open(name + ".tmp", "wb") as f:
+                f.write(b"".join(frames))
+            os.rename(name + ".tmp", name + ".jobs")  # whole, or not there
+            count = len(local.overflow)
+            local.overflow.clear()
+        self.ledger[SPOOLED] += 1  # a hint for the reader; it also looks every SPOOL_LOOK_EVERY
+        return count
+
+    def discard_unsent(self) -> list[bytes]:
+        """Give up this process's buffered jobs: free their slots, return their payloads.
+
+        A job already partly in the pipe keeps its slot: the reader drops
+        its torn frames after a while and frees it then.
+        """
+        local = self._local
+        if local is None or local.pid != os.getpid():
+            return []
+        with local.lock:
+            entries, local.overflow = list(local.overflow), collections.deque()
+        payloads = []
+        for frames in entries:
+            if _HEADER.unpack_from(frames[0])[2] != 0:
+                continue  # its first frames are in the pipe
+            payloads.append(b"".join(frame[_HEADER.size:] for frame in frames))
+            self._slots.release()
+        return payloads
 
     def flush(self, timeout: float) -> int:
         """Wait while the worker takes this process's buffered jobs; return how many are left.
@@ -171,6 +241,30 @@ class JobQueue:
     def attach_reader(self) -> None:
         """Post-fork, in the worker.  Front-ends only ask this end how full it is."""
         os.set_blocking(self._read_fd, False)
+        self.ledger[READERS] += 1
+
+    def readers(self) -> int:
+        """How many readers have attached so far: a change means the worker was replaced."""
+        return self.ledger[READERS]
+
+    def finished(self, n: int = 1) -> None:
+        """Reader side: ``n`` jobs taken earlier are done with (published and resolved, or dropped)."""
+        self.ledger[FINISHED] += n
+
+    def held(self) -> int:
+        """Jobs the reader took and is not done with."""
+        return self.ledger[TAKEN] - self.ledger[FINISHED]
+
+    def settle_dead_reader(self) -> int:
+        """After the reader died, before the next attaches: what it held is lost; return how many."""
+        held = self.held()
+        self.ledger[LOST] += held
+        self.ledger[FINISHED] = self.ledger[TAKEN]
+        return held
+
+    def lost(self) -> int:
+        """Jobs that died with their readers, in all."""
+        return self.ledger[LOST]
 
     def receive(self, limit: int) -> list:
         """Up to ``limit`` whole job payloads; never waits for one.
@@ -184,15 +278,44 @@ class JobQueue:
         ready = self._ready
         if len(ready) < limit:
             self._read_pipe(ready)
+            if len(ready) < limit and self.spooled():
+                self._read_spool(ready)
         n = min(limit, len(ready))
         return [ready.popleft() for _ in range(n)]
+
+    def spooled(self) -> bool:
+        """Worker side: whether spool files may be waiting (a writer said so, or it is time to look)."""
+        if self.spool_dir is None:
+            return False
+        return self.ledger[SPOOLED] != self._spool_seen or time.monotonic() - self._spool_look >= SPOOL_LOOK_EVERY
+
+    def _read_spool(self, ready) -> None:
+        self._spool_seen, self._spool_look = self.ledger[SPOOLED], time.monotonic()
+        try:
+            names = sorted(n for n in os.listdir(self.spool_dir) if n.endswith(".jobs"))
+        except FileNotFoundError:
+            return
+        if not names:
+            return
+        self._read_pipe(ready)  # first what the pipe holds: the spooling process's earlier jobs are there
+        for name in names:
+            path = os.path.join(self.spool_dir, name)
+            with open(path, "rb") as f:
+                data = f.read()
+            os.unlink(path)
+            before = len(ready)
+            self._parse(memoryview(data), ready)
+            self.unspooled += len(ready) - before
 
     def _read_pipe(self, ready) -> None:
         size = _bytes_in(self._read_fd)
         if not size:
             return
-        data = memoryview(_read_exactly(self._read_fd, b"", size))
-        at, unpack = 0, _HEADER.unpack_from
+        self._parse(memoryview(_read_exactly(self._read_fd, b"", size)), ready)
+
+    def _parse(self, data: memoryview, ready) -> None:
+        """Every job whose frames are now all in: into ``ready``, its slot freed, taken."""
+        at, size, unpack = 0, len(data), _HEADER.unpack_from
         while at < size:
             length, job_id, index, count = unpack(data, at)
             at += _HEADER.size
@@ -204,6 +327,7 @@ class JobQueue:
                     continue
             ready.append(payload)
             self._slots.release()
+            self.ledger[TAKEN] += 1
 
     def waiting(self) -> int:
         """Worker side: jobs read from the pipe and not yet handed out."""
@@ -224,12 +348,17 @@ class JobQueue:
         for job_id in [j for j, (t, _) in self._partial.items() if now - t > _STALE_PARTIAL]:
             del self._partial[job_id]
             self.torn += 1
-            self._slots.release()
+            self._slots.release()  # it was never taken: not in the ledger
             log.error("dropped a job whose writer died half-way through it (%d so far)", self.torn)
 
     def pending(self) -> bool:
-        """Worker side: whether jobs wait, in the pipe or read ahead and not yet taken."""
-        return bool(self._ready) or _bytes_in(self._read_fd) > 0
+        """Worker side: whether jobs wait, in the pipe, in spool files, or read ahead and not yet taken."""
+        if self._ready or _bytes_in(self._read_fd) > 0:
+            return True
+        try:
+            return any(n.endswith(".jobs") for n in os.listdir(self.spool_dir)) if self.spool_dir else False
+        except FileNotFoundError:
+            return False
 
     def close(self) -> None:
         for fd in (self._read_fd, self._write_fd):
@@ -237,6 +366,7 @@ class JobQueue:
                 os.close(fd)
             except OSError:
                 pass
+        # The ledger stays mapped: processes still holding the queue may read it.
 
 
 def _frames(data: bytes, job_id: int) -> list[bytes]:

@@ -1,13 +1,25 @@
-"""One log stream from every process (multiprocessing-logging).
+"""Logging across processes: left to the application unless it asks.
 
-Every child's records are sent to the main process and emitted by the main
-process's own handlers, each naming the process that logged it
-(``%(processName)s``: ``rabbitmq-worker``, ``frontend-3``).
+By default opsevent changes nothing in the application's logging: every
+process (the RabbitMQ worker, front-ends, a server's forked workers) logs
+through the handlers it inherited at the fork, to the same stderr or files,
+each record naming its process with ``%(processName)s`` (``rabbitmq-worker``,
+``frontend-3``) if the application's format shows it.
+
+``install()`` (``Service(install_logging=True)`` / ``Supervisor(...)``) is
+the opt-in to one log stream: it wraps the root logger's handlers with
+multiprocessing-logging, so records from every forked process are emitted
+by the main process's handlers, in one place.  Children forked by anyone
+(``os.fork`` in gunicorn's arbiter too, not only multiprocessing) get a
+working sender: the queue's feeder thread, which a fork does not copy, is
+made anew in the child.  Without that, a forked server worker's records
+piled up in memory and never appeared.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 
 import multiprocessing_logging
@@ -15,22 +27,29 @@ import multiprocessing_logging
 FORMAT = "%(asctime)s %(processName)s %(levelname)s %(name)s: %(message)s"
 
 
-def install() -> bool:
-    """Route child records to the main process's handlers; True if installed here.
+class LoggingSetupError(RuntimeError):
+    """install_logging was asked for where it cannot work."""
 
-    Called pre-fork.  If the application configured no handler at all, a
-    stderr handler with ``FORMAT`` is added first, so children's warnings are
-    not lost.  Idempotent.
+
+def install() -> bool:
+    """Route every forked process's records to this process's root handlers; True if installed here.
+
+    Called pre-fork, only when asked.  Needs the ``fork`` start method
+    (multiprocessing-logging's queue is inherited, never pickled) and at
+    least one root handler to route to.  Idempotent.
     """
     root = logging.getLogger()
     if any(isinstance(h, multiprocessing_logging.MultiProcessingHandler) for h in root.handlers):
         return False
+    if multiprocessing.get_start_method(allow_none=True) not in (None, "fork"):
+        raise LoggingSetupError(
+            f"install_logging=True needs the 'fork' start method, and this process uses "
+            f"{multiprocessing.get_start_method()!r}: call multiprocessing.set_start_method('fork') "
+            f"first, or leave install_logging off (each process then logs through its own handlers)")
     if not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter(FORMAT))
-        root.addHandler(handler)
-        if root.level == logging.WARNING:
-            root.setLevel(logging.INFO)
+        raise LoggingSetupError(
+            "install_logging=True routes every process's records to the root logger's handlers, and it "
+            "has none: configure logging first (e.g. logging.basicConfig()), or leave install_logging off")
     multiprocessing_logging.install_mp_handler(root)
     return True
 
@@ -50,15 +69,33 @@ def uninstall() -> None:
         wrapper._receive_thread.join(5.0)
 
 
-def before_child_exit(parent_pid: int) -> None:
-    """Called last in a child: never hang at exit on the log pipe of a dead parent.
+def _wrappers():
+    return [h for h in logging.getLogger().handlers
+            if isinstance(h, multiprocessing_logging.MultiProcessingHandler)]
 
-    A child's log records go through a pipe to a thread of the main process.
+
+def _after_fork_in_child() -> None:
+    # multiprocessing re-creates a Queue's feeder thread in the children it
+    # starts itself; a plain os.fork() (gunicorn's arbiter) copies a queue
+    # whose feeder thread does not exist in the child, so its puts would
+    # pile up in memory.  Reset it as multiprocessing would.
+    for wrapper in _wrappers():
+        wrapper.queue._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def before_child_exit(parent_pid: int) -> None:
+    """Called last in a child: send its last records, but never hang on a dead parent's pipe.
+
+    A child's records go through a pipe to a thread of the main process.
     If the main process was killed, nobody reads it, and the child's queue
     feeder would wait for ever at exit to flush; drop those records instead.
     """
-    if os.getppid() == parent_pid:
-        return
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, multiprocessing_logging.MultiProcessingHandler):
+    for handler in _wrappers():
+        if os.getppid() == parent_pid:
+            handler.queue.close()
+            handler.queue.join_thread()  # ends once the feeder has written what is buffered
+        else:
             handler.queue.cancel_join_thread()

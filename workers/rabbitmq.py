@@ -32,7 +32,8 @@ from workers.amqp import MessageProperties
 from workers.channel import Replier, private_socket, receive_own
 from workers.jobqueue import JobQueue
 from workers.link import BrokerLink, Item
-from workers.process import reset_signals, set_parent_death_signal
+from workers.process import (accept_stop_signals, close_inherited_listeners, reset_signals,
+                             set_parent_death_signal)
 from workers.substats import FRONTEND_COUNTERS, SubscriptionStats
 
 log = logging.getLogger(__name__)
@@ -66,19 +67,24 @@ class _Target:
 
 
 class Job:
-    __slots__ = ("seq", "reply", "statuses", "remaining")
+    """A job with more than one outcome to wait for: a sync job, or an async one with several subscribers."""
 
-    def __init__(self, seq, reply, n):
+    __slots__ = ("seq", "reply", "statuses", "remaining", "deadline")
+
+    def __init__(self, seq, reply, n, deadline=None):
         self.seq = seq
-        self.reply = reply
+        self.reply = reply  # the caller's reply address; None for async
         self.statuses = [None] * n
         self.remaining = n
+        self.deadline = deadline
 
 
 class RabbitMQWorker:
-    def __init__(self, jobs: JobQueue, settings, stats_path: str | None = None, inbox: bytes | None = None):
+    def __init__(self, jobs: JobQueue, settings, stats_path: str | None = None, inbox: bytes | None = None,
+                 quiet_pika: bool = False):
         # Called pre-fork: stores configuration only.
         self.jobs = jobs
+        self.quiet_pika = quiet_pika
         self.inbox_address = inbox  # where front-ends send the raises they refused (JobSender)
         self.settings = settings
         self.stats_path = stats_path  # where a JSON snapshot of the counters goes every STATS_EVERY s
@@ -98,21 +104,24 @@ class RabbitMQWorker:
     def init_process(self, install_signals: bool = True) -> None:
         """Post-fork set-up: signals, the I/O loop, the reply socket."""
         if install_signals:
+            close_inherited_listeners()
             reset_signals()
             set_parent_death_signal(signal.SIGTERM)
             # Ctrl-C reaches the whole process group; the supervisor decides
             # when the worker stops, after the front-ends, so it can drain.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, self.handle_term)
-        pika_log = logging.getLogger("pika")
-        if pika_log.level == logging.NOTSET:
-            # pika logs each failed connect several times over at ERROR; the
-            # links report every failure once, with its broker and backlog.
-            pika_log.setLevel(logging.CRITICAL)
+            accept_stop_signals()  # a stop sent since the fork waited for the handler: it runs now
+        if self.quiet_pika:
+            # Asked for (Service(quiet_pika=True)), in this process only: pika
+            # logs each failed connect several times over at ERROR; the links
+            # report every failure once, with its broker and backlog.
+            logging.getLogger("pika").setLevel(logging.CRITICAL)
         self.ppid = os.getppid()
         self.ioloop = IOLoop()
         self.ioloop.activate_poller()  # what IOLoop.start() would do; we turn the loop ourselves
-        self.replier = Replier()
+        self.replier = Replier(lambda fd, callback: self.ioloop.add_handler(fd, callback, PollEvents.WRITE),
+                               self.ioloop.remove_handler)
         self.properties = MessageProperties(self.settings.app_id, self.settings.event_header)
         self._message_prefix = f"{os.urandom(6).hex()}-"
         self._message_no = 0
@@ -144,6 +153,7 @@ class RabbitMQWorker:
     def loop_once(self) -> None:
         self.ioloop.poll()
         self.ioloop.process_timeouts()
+        self.replier.flush()  # this turn's sync replies, one datagram per caller process
         if (self.stop_requested or os.getppid() != self.ppid) and self._drain_deadline is None:
             self._start_drain()
 
@@ -213,13 +223,15 @@ class RabbitMQWorker:
         self.stats["jobs"] += 1
         targets = self._targets.get((event, sockets)) or self._new_targets(event, sockets)
         n = len(targets)
-        # Nobody waits for an async job's statuses: one shared record serves them all.
-        record = _ASYNC if reply is None else Job(seq, reply, n)
         deadline = None
         if reply is not None:
             # Answer a little before the caller gives up, so it gets the reason.
             timeout = self.settings.sync_timeout
             deadline = raised_at + timeout - min(0.05, timeout / 10)
+        # Nobody waits for an async job's statuses: one shared record serves
+        # every single-subscriber one; it is done when its one item is.
+        record = _ASYNC if reply is None and n == 1 else Job(seq, reply, n, deadline)
+        if reply is not None:
             if deadline <= time.monotonic():
                 for i, t in enumerate(targets):
                     t.counts["queued"] += 1
@@ -266,14 +278,17 @@ class RabbitMQWorker:
 
     def _finish(self, job: Job, index: int, status: Status, reason: str) -> None:
         self.stats[status.value] += 1
+        if job.reply is None and status is not Status.CONFIRMED:
+            self._log_async_failure(status, reason)
         if job is _ASYNC:
-            if status is not Status.CONFIRMED:
-                self._log_async_failure(status, reason)
+            self.jobs.finished()
             return
         job.statuses[index] = (status.value, reason)
         job.remaining -= 1
         if job.remaining == 0:
-            self.replier.send(job.reply, job.seq, tuple(job.statuses))
+            self.jobs.finished()
+            if job.reply is not None:
+                self.replier.add(job.reply, job.seq, job.statuses, job.deadline)
 
     def _on_inbox(self, _unused_fd, _unused_events) -> None:
         for _ in range(64):
@@ -309,8 +324,11 @@ class RabbitMQWorker:
         now = time.monotonic()
         for link in self.links.values():
             link.sweep(now)
+        if self.reading and self.jobs.spooled():
+            self._on_jobs(None, None)  # spool files wake no poller
         if self._drain_deadline is not None:
             self._drain_step(now)
+        self.replier.sweep()
         if now >= self._stats_due:
             self._stats_due = now + STATS_EVERY
             self._wall_offset = time.time() - now  # follows clock steps for message timestamps
@@ -320,7 +338,9 @@ class RabbitMQWorker:
     def snapshot(self) -> dict:
         """Every counter as plain data: totals by status, per broker and per subscription."""
         return {"pid": os.getpid(), "time": time.time(), "outstanding": self.outstanding, **self.stats,
-                "queue_depth": self.jobs.depth(),
+                "queue_depth": self.jobs.depth(), "replies_sent": self.replier.sent,
+                "replies_lost": self.replier.lost, "held": self.jobs.held(), "unspooled": self.jobs.unspooled,
+                "lost_with_dead_workers": self.jobs.lost(), "worker_starts": self.jobs.readers(),
                 "brokers": {link.label: link.snapshot() for link in self.links.values()},
                 "subscriptions": self.subscriptions.rows()}
 
@@ -377,6 +397,7 @@ def _format_stats(stats) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(stats.items())) or "no jobs"
 
 
-def worker_main(jobs: JobQueue, settings, stats_path: str | None = None, inbox: bytes | None = None) -> None:
+def worker_main(jobs: JobQueue, settings, stats_path: str | None = None, inbox: bytes | None = None,
+                quiet_pika: bool = False) -> None:
     """The body of the RabbitMQ worker process."""
-    RabbitMQWorker(jobs, settings, stats_path, inbox).run()
+    RabbitMQWorker(jobs, settings, stats_path, inbox, quiet_pika).run()

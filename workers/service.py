@@ -11,6 +11,26 @@ forking the children that raise events, stop it after they are gone::
 
 The ``Supervisor`` uses the same object for its worker.
 
+Theory of operation:
+
+* ``start()`` makes, pre-fork, everything the children inherit: the job
+  queue (with its ledger), the shared subscription table, the worker's inbox
+  address and the stats file's path; it attaches a ``JobSender`` to the
+  EventInterface, then starts the worker.
+* The worker is watched through a pidfd (``workers.process.Child``), not
+  ``waitpid``: inside gunicorn the arbiter reaps every child, ours too.
+  ``serve()`` runs a watcher thread that forks the worker (every time: a
+  child's parent-death signal follows the thread that forked it, so that
+  thread lives as long as the service) and replaces a dead one at once.  The
+  ``Supervisor`` drives ``check_worker()`` from its own loop instead.
+* A replaced worker's successor reads on from the same queue: raises made
+  meanwhile wait there.  What the dead one had taken and not finished is
+  in the queue's ledger: it is counted (``lost_with_dead_workers``) and
+  logged, never silently gone.
+* ``stop()`` (or the atexit hook, if the application never called it)
+  sends SIGTERM: the worker drains.  A SIGTERM sent before the worker has
+  installed its handler waits, blocked, instead of killing it.
+
 While it runs, the EventInterface's subscriptions live in shared memory
 (``workers/shared.py``), so a subscription made in any process, before or
 after the fork, is seen by every process's next raise; with a
@@ -20,13 +40,14 @@ after the fork, is seen by every process's next raise; with a
 
 from __future__ import annotations
 
+import atexit
+import json
 import logging
 import multiprocessing
 import os
-import json
 import shutil
-import signal
 import tempfile
+import threading
 import time
 
 from workers import logs
@@ -34,37 +55,54 @@ from workers.channel import JobSender
 from workers.commands import Commands
 from workers.control import ControlServer
 from workers.jobqueue import JobQueue
+from workers.process import Child, wait_readable
 from workers.rabbitmq import worker_main
 from workers.shared import TABLE_SIZE, SharedSubscriptions
 
 log = logging.getLogger(__name__)
 
 WORKER_NAME = "rabbitmq-worker"
-CRASH_LIMIT, CRASH_WINDOW = 3, 10.0  # this many deaths within this many seconds: give up
+CRASH_LIMIT, CRASH_WINDOW = 3, 10.0  # this many deaths within this many seconds: a crash loop
+CRASH_BACKOFF_MAX = 30.0  # serve(): longest pause between two workers while they keep dying
+WATCH_TICK = 1.0  # seconds between two looks of the watcher when nothing happens
+SPAWN_TIMEOUT = 10.0  # how long start() waits for the watcher to fork the first worker
 
 
 class WorkerCrashLoop(RuntimeError):
     """The RabbitMQ worker keeps dying; restarting it again would not help."""
 
 
+class AlreadyServed(RuntimeError):
+    """This EventInterface already has a running RabbitMQ worker service."""
+
+
 class Service:
-    def __init__(self, evi, *, install_logging: bool = True, control_path: str | None = None,
-                 table_size: int = TABLE_SIZE):
-        """``control_path``: where to answer the ``opsevent`` CLI (a unix socket, mode 0600),
-        or None for no control socket.  ``table_size``: the largest subscription table, in
-        bytes (its shared memory holds two, so a write never overwrites the one being read).
+    def __init__(self, evi, *, install_logging: bool = False, quiet_pika: bool = False,
+                 control_path: str | None = None, table_size: int = TABLE_SIZE, watch: bool = True):
+        """``install_logging``: route every forked process's log records to this
+        process's root handlers (``workers/logs.py``); off by default, when each
+        process logs through its own inherited handlers.  ``quiet_pika``: in the
+        RabbitMQ worker only, silence pika's own logger (it logs each failed
+        connect several times over at ERROR; the worker logs each failure once).
+        ``control_path``: where to answer the ``opsevent`` CLI (a unix socket,
+        mode 0600), or None.  ``table_size``: the largest subscription table, in
+        bytes.  ``watch``: a thread of this process forks the worker and
+        replaces it when it dies (``serve()``); False leaves that to the caller's
+        loop (``check_worker()``, as the ``Supervisor`` does).
         Pre-fork: configuration only; nothing exists until start().
         """
         self.evi = evi
         self.settings = evi.settings
         self.install_logging = install_logging
+        self.quiet_pika = quiet_pika
         self.control_path = control_path
         self.table_size = table_size
+        self.watch = watch
         self.control: ControlServer | None = None
         self.shared: SharedSubscriptions | None = None
-        self.ctx = multiprocessing.get_context("fork")
-        self.jobs = None
-        self.process = None
+        self.jobs: JobQueue | None = None
+        self.process: Child | None = None
+        self.sender: JobSender | None = None
         self.restarts = 0
         self._deaths: list[float] = []
         self.stats_path = None
@@ -73,30 +111,50 @@ class Service:
         self._owner_pid = None
         self._logging_installed = False
         self._attached = False  # our JobSender is the EventInterface's transport
+        self._watcher: threading.Thread | None = None
+        self._wake = None  # (read fd, write fd): wakes the watcher
+        self._stopping = False
+        self._spawned = threading.Event()
+        self._spawn_error: BaseException | None = None
+        self._lock = threading.Lock()  # one of the watcher and the caller handles the worker at a time
+
+    # ---- start ------------------------------------------------------------------
 
     def start(self) -> "Service":
         if self.jobs is not None:
             raise RuntimeError("the RabbitMQ worker service is already started")
-        # First the two things that may refuse (a table too big, a control
-        # path in use), before anything is started.
+        _refuse_if_served(self.evi)
+        # First the things that may refuse (logging set-up, a table too big, a
+        # control path in use), before anything is started.
+        if self.install_logging:
+            self._logging_installed = logs.install()
         original = self.evi.subscriptions
-        shared = SharedSubscriptions.create(original, self.table_size)
+        try:
+            shared = SharedSubscriptions.create(original, self.table_size)
+        except BaseException:
+            self._undo_logging()
+            raise
         try:
             if self.control_path is not None:
                 self.control = ControlServer(self.control_path, Commands(self.evi, self.stats)).open()
             self.shared = self.evi.subscriptions = shared
-            if self.install_logging:
-                self._logging_installed = logs.install()
             self._owner_pid = os.getpid()
-            self.jobs = JobQueue(self.ctx, self.settings.queue_size)
-            self._stats_dir = tempfile.mkdtemp(prefix="opsevent-stats-")
+            self._stats_dir = tempfile.mkdtemp(prefix="opsevent-")
             self.stats_path = os.path.join(self._stats_dir, "worker.json")
+            spool = os.path.join(self._stats_dir, "spool")
+            os.mkdir(spool, 0o700)
+            self.jobs = JobQueue(multiprocessing.get_context("fork"), self.settings.queue_size, spool)
             # The worker's inbox for front-ends' refusal counts: an abstract
             # address fixed now, bound by each worker process it starts.
             self.inbox = b"\0opsevent-inbox-%d-%s" % (os.getpid(), os.urandom(6).hex().encode())
-            self.evi.attach(JobSender(self.jobs, self.inbox))
+            self.sender = JobSender(self.jobs, self.inbox, self.settings.drain_timeout)
+            self.sender.service = self  # how a second serve() of this EventInterface knows
+            self.evi.attach(self.sender)
             self._attached = True
-            self.spawn_worker()
+            if self.watch:
+                self._start_watcher()
+            else:
+                self.spawn_worker()
             if self.control is not None:
                 self.control.start()
         except BaseException:
@@ -104,16 +162,29 @@ class Service:
             # worker) and the EventInterface as it was, then say why.
             self._undo_start(shared, original)
             raise
+        atexit.register(self._stop_at_exit)
         return self
+
+    def _start_watcher(self) -> None:
+        self._wake = os.pipe()
+        self._stopping = False
+        self._watcher = threading.Thread(target=self._watch, name="opsevent-service", daemon=True)
+        self._watcher.start()
+        if not self._spawned.wait(SPAWN_TIMEOUT):
+            raise RuntimeError(f"the service's watcher did not start {WORKER_NAME} within {SPAWN_TIMEOUT:g} s")
+        if self._spawn_error is not None:
+            raise self._spawn_error
 
     def _undo_start(self, shared: SharedSubscriptions, original) -> None:
         """Take back whatever a start() that failed half-way had made; each step bounded."""
         if self.control is not None:
             self.control.stop()
             self.control = None
-        if self.process is not None and self.process.is_alive():
-            self.process.kill()  # it has had no job: nothing to drain
-            self.process.join(5.0)
+        self._stop_watcher()
+        if self.process is not None:
+            if self.process.kill():  # it has had no job: nothing to drain
+                self.process.join(5.0)
+            self.process.close()
         self.process = None
         if self._attached:
             self.evi.detach()
@@ -128,52 +199,122 @@ class Service:
         if self._stats_dir is not None:
             shutil.rmtree(self._stats_dir, ignore_errors=True)
         self.stats_path = self._stats_dir = None
+        self._undo_logging()
+
+    def _undo_logging(self) -> None:
         if self._logging_installed:
             logs.uninstall()
             self._logging_installed = False
 
+    # ---- the worker -----------------------------------------------------------------
+
     def spawn_worker(self) -> None:
-        self.process = self.ctx.Process(target=worker_main, name=WORKER_NAME, daemon=False,
-                                        args=(self.jobs, self.settings, self.stats_path, self.inbox))
+        self.process = Child(worker_main, (self.jobs, self.settings, self.stats_path, self.inbox, self.quiet_pika),
+                             name=WORKER_NAME)
         self.process.start()
         log.info("started %s pid %d", WORKER_NAME, self.process.pid)
 
     def check_worker(self) -> bool:
         """Start a new worker if the old one died; True when it did.
 
-        Raises ``WorkerCrashLoop`` when workers keep dying at start-up, so a
-        broken set-up halts instead of forking forever (gunicorn's boot-error rule).
+        Raises ``WorkerCrashLoop`` when workers keep dying, so a broken
+        set-up halts the Supervisor instead of forking forever (gunicorn's
+        boot-error rule); the watcher of ``serve()`` backs off instead.
         """
-        if self.process is None or self.process.is_alive():
-            return False
-        now = time.monotonic()
-        self._deaths = [t for t in self._deaths if now - t < CRASH_WINDOW] + [now]
-        if len(self._deaths) >= CRASH_LIMIT:
-            raise WorkerCrashLoop(f"{WORKER_NAME} died {len(self._deaths)} times within {CRASH_WINDOW:g} s "
-                                  f"(last exit code {self.process.exitcode}); see its log above")
-        log.error("%s pid %d died (exit code %s); starting a new one",
-                  WORKER_NAME, self.process.pid, self.process.exitcode)
-        self.restarts += 1
-        self.spawn_worker()
-        return True
+        with self._lock:
+            if self.process is None or self.process.is_alive() or self._stopping:
+                return False
+            dead = self.process
+            now = time.monotonic()
+            self._deaths = [t for t in self._deaths if now - t < CRASH_WINDOW] + [now]
+            held = self.jobs.settle_dead_reader()
+            how = dead.describe_exit()
+            dead.close()
+            if len(self._deaths) >= CRASH_LIMIT:
+                self.process = None
+                raise WorkerCrashLoop(f"{WORKER_NAME} died {len(self._deaths)} times within {CRASH_WINDOW:g} s "
+                                      f"(last: {how}, holding {held} events); see its log above")
+            log.error("%s pid %d died (%s) holding %d events it had taken from the queue and not seen "
+                      "confirmed (they may or may not have reached the broker; %d lost this way in all); "
+                      "starting a new one", WORKER_NAME, dead.pid, how, held, self.jobs.lost())
+            self.restarts += 1
+            self.spawn_worker()
+            return True
+
+    def _watch(self) -> None:
+        """The watcher thread: fork the worker, and a new one whenever it dies."""
+        try:
+            with self._lock:
+                self.spawn_worker()
+        except BaseException as exc:
+            self._spawn_error = exc
+            return
+        finally:
+            self._spawned.set()
+        backoff = 1.0
+        while not self._stopping:
+            process = self.process
+            fds = [self._wake[0]] + ([process.sentinel] if process is not None else [])
+            wait_readable(fds, WATCH_TICK)
+            if self._stopping:
+                break
+            try:
+                if self.process is None:  # given up after a crash loop: try again after a pause
+                    with self._lock:
+                        if not self._stopping:
+                            self.spawn_worker()
+                elif self.check_worker():
+                    backoff = 1.0
+            except WorkerCrashLoop as exc:
+                log.error("%s; trying again in %g s", exc, backoff)
+                self._sleep(backoff)
+                backoff = min(backoff * 2, CRASH_BACKOFF_MAX)
+            except Exception:
+                log.exception("the service's watcher failed; trying again in %g s", backoff)
+                self._sleep(backoff)
+
+    def _sleep(self, seconds: float) -> None:
+        wait_readable([self._wake[0]], seconds)
+
+    def _stop_watcher(self) -> None:
+        self._stopping = True
+        if self._watcher is not None:
+            os.write(self._wake[1], b"x")
+            self._watcher.join(10.0)
+            self._watcher = None
+        if self._wake is not None:
+            for fd in self._wake:
+                os.close(fd)
+            self._wake = None
+
+    # ---- stats ----------------------------------------------------------------------
 
     def stats(self) -> dict:
         """The RabbitMQ worker's latest counters (refreshed every second and at exit).
 
         Keys: ``jobs``, one count per status (``confirmed``, ``failed``,
         ``unroutable``, ...), ``queue_depth`` (jobs waiting in the shared
-        queue), ``brokers``: per broker (labelled without password) its
-        ``state``, ``endpoint``, ``backlog`` (= ``pending`` + ``inflight``),
+        queue), ``held`` (jobs the worker took and has not finished),
+        ``lost_with_dead_workers`` (jobs that died with a killed worker, in
+        all), ``worker_starts``, ``unspooled`` (jobs handed over in spool
+        files by processes that exited with jobs still buffered), ``replies_sent`` and ``replies_lost`` (sync
+        replies that could not be delivered: caller gone or given up),
+        ``brokers``: per broker (labelled without password) its ``state``,
+        ``endpoint``, ``backlog`` (= ``pending`` + ``inflight``),
         ``published``, ``connects``, ``reconnects``, ``connection_lost``,
         ``republished``, ``failovers``, ``failbacks``, ``dropped_expired``,
         ``last_error``; and ``subscriptions``: one row per event and
         subscriber (socket text, password masked) with ``raised`` (=
-        ``queued`` + ``dropped_queue_full`` + ``too_large``), ``queued``,
+        ``queued`` + ``dropped_at_exit`` + ``dropped_queue_full`` +
+        ``too_large``), ``queued``,
         ``published`` (republished copies included), ``confirmed``,
         ``nacked``, ``unroutable``, ``failed`` (of which
-        ``dropped_expired``), ``timeout``.  ``{}`` until the worker's first
-        snapshot.  Counters restart with a new worker process (a front-end's
-        refusal counts come back with its next report).
+        ``dropped_expired``), ``timeout``, ``dropped_at_exit`` (accepted,
+        but still buffered in a process that exited before the worker could
+        take it).  ``{}`` until
+        the worker's first snapshot.  Counters restart with a new worker
+        process (a front-end's refusal counts come back with its next report).
+        Readable from any process that inherited the service.
         """
         try:
             with open(self.stats_path) as f:
@@ -181,21 +322,27 @@ class Service:
         except (FileNotFoundError, TypeError):
             return {}
 
+    # ---- stop -------------------------------------------------------------------------
+
     def stop(self) -> None:
-        """Drain and stop the worker: bounded by the drain timeout plus a grace period."""
+        """Drain and stop the worker: bounded by the drain timeout plus a grace period.
+
+        Only the process that started the service stops it; elsewhere (a
+        forked child that inherited it) this does nothing.
+        """
         if self.jobs is None or os.getpid() != self._owner_pid:
             return
+        atexit.unregister(self._stop_at_exit)
         if self.control is not None:
             self.control.stop()
             self.control = None
+        # This process's own buffered jobs (control-socket raises, say) first.
+        self.sender.at_exit()
+        self._stop_watcher()
+        self._stopping = True
         try:
-            if self.process is not None and self.process.is_alive():
-                os.kill(self.process.pid, signal.SIGTERM)
-                self._wait_for_drain()
-                if self.process.is_alive():
-                    log.error("%s did not stop in time; killing it", WORKER_NAME)
-                    self.process.kill()
-                    self.process.join(5.0)
+            with self._lock:
+                self._stop_worker()
         finally:
             self.evi.detach()
             self._attached = False
@@ -203,25 +350,50 @@ class Service:
             self.evi.subscriptions = self.shared.detached()
             self.shared.close()
             self.shared = None
+            self.final_stats = self.stats()
             self.jobs.close()
             self.jobs = None
-            self.final_stats = self.stats()
             shutil.rmtree(self._stats_dir, ignore_errors=True)
-            if self._logging_installed:
-                logs.uninstall()
-                self._logging_installed = False
+            self._undo_logging()
 
-    def _wait_for_drain(self) -> None:
+    def _stop_worker(self) -> None:
+        process = self.process
+        if process is None:
+            return
+        if process.terminate():
+            self._wait_for_drain(process)
+            if process.is_alive():
+                log.error("%s did not stop in time; killing it", WORKER_NAME)
+                process.kill()
+                process.join(5.0)
+        held = self.jobs.settle_dead_reader()
+        if held:
+            log.error("%s exited holding %d events it had not seen confirmed (they may or may not have "
+                      "reached the broker)", WORKER_NAME, held)
+        left = self.jobs.depth()
+        if left:
+            log.error("%d events were still queued when %s stopped; they are lost", left, WORKER_NAME)
+        process.close()
+        self.process = None
+
+    def _wait_for_drain(self, process: Child) -> None:
         # Bounded like the worker's own drain: by the drain timeout without
         # progress (the stats file's counters), plus a grace for closing.
         grace = self.settings.drain_timeout + 5.0
         deadline, last = time.monotonic() + grace, None
-        while self.process.is_alive() and time.monotonic() < deadline:
-            self.process.join(0.2)
+        while process.is_alive() and time.monotonic() < deadline:
+            process.join(0.2)
             stats = self.stats()
             progress = (stats.get("jobs"), stats.get("outstanding"))
             if progress != last:
                 last, deadline = progress, time.monotonic() + grace
+
+    def _stop_at_exit(self) -> None:
+        # The application never called stop(): do it now, so that what was
+        # queued is published (a library must not lose events at exit).
+        if self.jobs is not None and os.getpid() == self._owner_pid:
+            log.info("stopping the RabbitMQ worker service at exit (stop() was not called)")
+            self.stop()
 
     def __enter__(self) -> "Service":
         return self if self.jobs is not None else self.start()
@@ -229,7 +401,26 @@ class Service:
     def __exit__(self, *_unused_exc) -> None:
         self.stop()
 
+    @property
+    def serving(self) -> bool:
+        """True while started and not stopped (in the process that started it)."""
+        return self.jobs is not None
+
+
+def _refuse_if_served(evi) -> None:
+    service = getattr(evi.transport, "service", None)
+    if service is not None and service.serving:
+        where = ("this process" if service._owner_pid == os.getpid()
+                 else f"process {service._owner_pid}, whose child this process is")
+        raise AlreadyServed(f"this EventInterface is already served by a RabbitMQ worker service started in "
+                            f"{where}; stop that one first, or serve another EventInterface")
+
 
 def serve(evi, **options) -> Service:
-    """Start the RabbitMQ worker for ``evi`` now; use as a context manager or call ``stop()``."""
+    """Start the RabbitMQ worker for ``evi`` now; use as a context manager or call ``stop()``.
+
+    ``options`` are ``Service``'s.  Call it in the process that forks the
+    ones that raise (a server's master, before it forks its workers); the
+    service stops at exit if ``stop()`` was not called.
+    """
     return Service(evi, **options).start()

@@ -51,6 +51,7 @@ import threading
 import time
 
 from opsevent import OpseventError, Subscriptions
+from workers.process import FORK_ONLY
 
 GENERATION = struct.Struct("<Q")  # the region's header: the published table's generation
 LENGTH = struct.Struct("<I")  # each slot's header: the length of its table's bytes
@@ -118,6 +119,9 @@ class SharedSubscriptions(Subscriptions):
         # only this process's copy, undone at its next reload.
         with self._writing():
             self._load(data)
+
+    def __reduce__(self):
+        raise TypeError(FORK_ONLY)
 
     def detached(self) -> Subscriptions:
         """A process-local copy of the current table (what a stopped service leaves behind)."""

@@ -3,9 +3,11 @@
 A subscription is an event name and a subscriber socket's text (password
 masked).  The worker counts what became of the events it was given
 (``WORKER_COUNTERS``); the front-ends count the raises that never reached it
-(``FRONTEND_COUNTERS``: refused by a full queue, or too large) and send their
-cumulative counts, per process, to the worker's inbox (``JobSender``).  A row
-adds both: ``raised = queued + dropped_queue_full + too_large``.
+(``FRONTEND_COUNTERS``: refused by a full queue, too large, or accepted but
+still in the process's overflow buffer when it exited and the worker could
+not take it in time) and send their cumulative counts, per process, to the
+worker's inbox (``JobSender``).  A row adds both: ``raised = queued +
+dropped_at_exit + dropped_queue_full + too_large``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from opsevent import Status
 
 WORKER_COUNTERS = ("queued", "published") + tuple(s.value for s in Status if s not in (
     Status.QUEUED, Status.QUEUE_FULL, Status.TOO_LARGE, Status.NOT_RUNNING)) + ("dropped_expired",)
-FRONTEND_COUNTERS = ("dropped_queue_full", "too_large")
+FRONTEND_COUNTERS = ("dropped_queue_full", "too_large", "dropped_at_exit")
 
 
 class SubscriptionStats:
@@ -45,5 +47,6 @@ class SubscriptionStats:
                 for what in FRONTEND_COUNTERS:
                     row[what] += counts.get(what, 0)
         return [{"event": event, "socket": sock,
-                 "raised": row["queued"] + row["dropped_queue_full"] + row["too_large"], **row}
+                 "raised": row["queued"] + row["dropped_at_exit"] + row["dropped_queue_full"] + row["too_large"],
+                 **row}
                 for (event, sock), row in sorted(rows.items())]

@@ -11,6 +11,7 @@ into a wake-up socket); ``loop_once()`` acts on them.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import multiprocessing.connection
 import os
 import signal
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 class Supervisor:
     def __init__(self, evi, target, processes: int = 4, *, restart: str = "on-failure",
-                 stop_grace: float = 3.0, install_logging: bool = True,
+                 stop_grace: float = 3.0, install_logging: bool = False, quiet_pika: bool = False,
                  control_path: str | None = None):
         """``restart`` says what happens when a front-end exits before a stop:
         ``"on-failure"`` (default) starts a new one if it crashed (non-zero exit),
@@ -35,6 +36,9 @@ class Supervisor:
         that crashes ``CRASH_LIMIT`` times within ``CRASH_WINDOW`` s is not
         restarted again.  ``control_path``: a unix socket (mode 0600) where the
         ``opsevent`` CLI manages subscriptions and reads stats while it runs.
+        ``install_logging`` and ``quiet_pika``: see ``Service``.  It installs
+        handlers for SIGTERM and SIGINT while it runs (put back by ``stop()``),
+        so run it in the main thread.
         Called pre-fork: configuration only.
         """
         if not callable(target):
@@ -44,12 +48,14 @@ class Supervisor:
         if restart not in RESTART_POLICIES:
             raise ValueError(f"restart must be one of {', '.join(RESTART_POLICIES)}, got {restart!r}")
         self.restart = restart
-        self.restarts: dict[int, list[float]] = {}  # rank -> times it was restarted, within the window
+        self.deaths: dict[int, list[float]] = {}  # rank -> when it exited, within the crash window
         self.evi = evi
         self.target = target
         self.processes = processes
         self.stop_grace = stop_grace
-        self.service = Service(evi, install_logging=install_logging, control_path=control_path)
+        self.service = Service(evi, install_logging=install_logging, quiet_pika=quiet_pika,
+                               control_path=control_path, watch=False)
+        self.ctx = multiprocessing.get_context("fork")
         self.frontends: dict[int, multiprocessing.Process] = {}
         self.exit_codes: dict[int, int] = {}
         self.stopping = False
@@ -109,7 +115,7 @@ class Supervisor:
     # ---- front-ends ---------------------------------------------------------------
 
     def spawn_frontend(self, rank: int) -> None:
-        process = self.service.ctx.Process(target=frontend_main, args=(rank, self.evi, self.target),
+        process = self.ctx.Process(target=frontend_main, args=(rank, self.evi, self.target),
                                            name=f"frontend-{rank}")
         process.start()
         self.frontends[rank] = process
@@ -129,13 +135,14 @@ class Supervisor:
     def _should_restart(self, rank: int, exitcode: int) -> bool:
         if self.stopping or self.restart == "never" or (exitcode == 0 and self.restart != "always"):
             return False
+        # The same rule as the worker's (Service.check_worker): the
+        # CRASH_LIMIT-th exit within CRASH_WINDOW is the last.
         now = time.monotonic()
-        recent = [t for t in self.restarts.get(rank, []) if now - t < CRASH_WINDOW]
-        if len(recent) >= CRASH_LIMIT:
-            log.error("front-end %d exited %d times within %g s; not restarting it", rank, len(recent) + 1,
+        deaths = self.deaths[rank] = [t for t in self.deaths.get(rank, []) if now - t < CRASH_WINDOW] + [now]
+        if len(deaths) >= CRASH_LIMIT:
+            log.error("front-end %d exited %d times within %g s; not restarting it", rank, len(deaths),
                       CRASH_WINDOW)
             return False
-        self.restarts[rank] = recent + [now]
         log.info("restarting front-end %d (restart=%s)", rank, self.restart)
         return True
 
