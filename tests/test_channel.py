@@ -75,7 +75,7 @@ def test_the_worker_end_reads_every_job_from_several_processes_and_frees_their_s
     jobs.attach_reader()
     bodies, deadline = [], time.monotonic() + 20
     while len(bodies) < 120 and time.monotonic() < deadline:
-        bodies += [job.decode(payload)[4] for payload in jobs.receive(1000)]
+        bodies += [job.decode(payload)[5] for payload in jobs.receive(1000)]
         time.sleep(0.001)
     for p in producers:
         p.join(10)
@@ -113,7 +113,7 @@ def test_a_burst_beyond_the_pipe_overflows_into_the_buffer_and_arrives_in_order(
     jobs.attach_reader()
     got, deadline = [], time.monotonic() + 20
     while len(got) < n and time.monotonic() < deadline:
-        got += [job.decode(payload)[4] for payload in jobs.receive(1000)]
+        got += [job.decode(payload)[5] for payload in jobs.receive(1000)]
     assert got == bodies and jobs.flush(1.0) == 0
     jobs.close()
 
@@ -125,7 +125,7 @@ def test_a_big_job_crosses_the_pipe_in_several_frames_and_comes_back_whole():
     assert sender.submit("E", (SOCKET,), body, False, 1.0)[0][0] is Status.QUEUED
     jobs.attach_reader()
     (payload,) = jobs.receive(10)
-    assert job.decode(payload)[4] == body
+    assert job.decode(payload)[5] == body
     jobs.close()
 
 

@@ -30,7 +30,7 @@ class RecordingTransport:
         self.calls = []
         self.answers = answers
 
-    def submit(self, event, sockets, body, sync, timeout):
+    def submit(self, event, sockets, body, sync, timeout, message_id):
         self.calls.append((sockets, body, sync, timeout))
         if self.answers is not None:
             return self.answers
@@ -339,7 +339,7 @@ class AnsweringTransport:
     def __init__(self):
         self.calls = []
 
-    def submit(self, event, sockets, body, sync, timeout):
+    def submit(self, event, sockets, body, sync, timeout, message_id):
         self.calls.append((sockets, body, sync, timeout))
         return [(Status(s.routing_key.replace("_", " ")), body.decode()[:1])
                 for s in sockets]
@@ -404,9 +404,9 @@ class NotingTransport(RecordingTransport):
         super().__init__()
         self.events, self.notes = [], []
 
-    def submit(self, event, sockets, body, sync, timeout):
+    def submit(self, event, sockets, body, sync, timeout, message_id):
         self.events.append(event)
-        return super().submit(event, sockets, body, sync, timeout)
+        return super().submit(event, sockets, body, sync, timeout, message_id)
 
     def note(self, event, sockets, status):
         self.notes.append((event, sockets, status))
@@ -426,12 +426,13 @@ def test_the_transport_gets_the_event_name_and_is_told_of_too_large_raises_per_f
     assert transport.notes[-1] == ("E_SIP_MESSAGE", plain.subscribers("E_SIP_MESSAGE"), Status.TOO_LARGE)
 
 
-def test_a_raise_answered_with_the_same_statuses_reuses_its_result_and_new_statuses_make_a_new_one():
+def test_a_raise_answered_with_the_same_statuses_reuses_its_deliveries_and_new_statuses_make_new_ones():
     queued = [(Status.QUEUED, "")]
     transport = RecordingTransport(answers=queued)
     evi = interface(PIKE, transport=transport)
     first = evi.raise_event("E_SIP_MESSAGE", {"n": 1})
-    assert evi.raise_event("E_SIP_MESSAGE", {"n": 2}) is first
+    second = evi.raise_event("E_SIP_MESSAGE", {"n": 2})
+    assert second.deliveries is first.deliveries and second.message_id != first.message_id
     transport.answers = [(Status.QUEUE_FULL, "full")]
     refused = evi.raise_event("E_SIP_MESSAGE", {"n": 3})
     assert not refused and refused.deliveries[0].reason == "full"

@@ -140,9 +140,9 @@ def test_a_jobs_bytes_decode_to_what_the_front_end_encoded():
     sock = parse_socket("rabbitmq:u:p@mq:5673/ex?key")
     sockets = SocketBytes()((sock,))
     for seq, reply, event, body in [(0, None, b"E", b""), (7, b"\0reply-1", "É".encode(), b"x" * 20000)]:
-        payload = b"".join(job.encode(seq, reply, event, sockets, body, 12.5))
-        assert job.decode(payload) == (seq, reply, event, sockets, body, 12.5)
-        assert job.decode(memoryview(payload)) == (seq, reply, event, sockets, body, 12.5)
+        payload = b"".join(job.encode(seq, reply, event, b"id-7", sockets, body, 12.5))
+        assert job.decode(payload) == (seq, reply, event, b"id-7", sockets, body, 12.5)
+        assert job.decode(memoryview(payload)) == (seq, reply, event, b"id-7", sockets, body, 12.5)
     assert job.load_sockets(sockets)[0][:4] == ("u", "p", "mq", 5673)
 
 

@@ -36,6 +36,7 @@ import time
 import weakref
 
 from opsevent import Status
+from opsevent.messageid import new_message_id
 from workers import job
 from workers.job import SocketBytes
 
@@ -184,29 +185,32 @@ class JobSender:
             # took a refused raise up to a millisecond.
             self._report_sock.bind(b"\0opsevent-report-%d-%s" % (os.getpid(), os.urandom(6).hex().encode()))
 
-    def submit(self, event, sockets, body, sync, timeout):
+    def submit(self, event, sockets, body, sync, timeout, message_id=None):
         ev = event.encode("utf-8")
+        # The EventInterface made or checked the id (1..255 UTF-8 bytes).
+        mid = (message_id or new_message_id()).encode("utf-8")
         if not sync:
-            if self._queue.put(job.encode(0, None, ev, self._sockets(sockets), body, time.monotonic())):
+            if self._queue.put(job.encode(0, None, ev, mid, self._sockets(sockets), body, time.monotonic())):
                 if self._counts.unsent:
                     self._report()
                 return _queued(len(sockets))
             return self._refused(event, sockets)
-        return self._submit_sync(event, ev, sockets, body, timeout)
+        return self._submit_sync(event, ev, mid, sockets, body, timeout)
 
-    def _submit_sync(self, event, ev, sockets, body, timeout):
+    def _submit_sync(self, event, ev, mid, sockets, body, timeout):
         box = self._reply_box()
         seq = next(self._seq)
         now = time.monotonic()
         box.expect(seq)
-        if not self._queue.put(job.encode(seq, box.address, ev, self._sockets(sockets), body, now)):
+        if not self._queue.put(job.encode(seq, box.address, ev, mid, self._sockets(sockets), body, now)):
             box.wait(seq, now)  # forget the seq
             return self._refused(event, sockets)
         if self._counts.unsent:
             self._report()
         statuses = box.wait(seq, now + timeout)
         if statuses is None:
-            reason = f"no status from the RabbitMQ worker within {timeout:g} s"
+            reason = (f"outcome unknown: no status from the RabbitMQ worker within {timeout:g} s; "
+                      f"the event may still be published")
             return ((Status.TIMEOUT, reason),) * len(sockets)
         return tuple((Status(code), reason) for code, reason in statuses)
 
