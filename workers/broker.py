@@ -672,8 +672,9 @@ def queue_count(broker: RunningBroker, name: str) -> int:
 
 
 def consume(broker: RunningBroker, queue: str, count: int, timeout: float = 10,
-            prefetch: int = 1000) -> list[bytes]:
-    """Take exactly ``count`` messages from ``queue``; return their bodies in order.
+            prefetch: int = 1000, properties: bool = False) -> list:
+    """Take exactly ``count`` messages from ``queue``; return their bodies in order
+    (with ``properties``, ``(body, pika BasicProperties)`` pairs).
 
     Returns as soon as ``count`` have arrived.  Raises ``TimeoutError`` (with
     ``.bodies`` holding what did arrive) after ``timeout`` seconds.  Messages
@@ -694,10 +695,10 @@ def consume(broker: RunningBroker, queue: str, count: int, timeout: float = 10,
         ch = conn.channel()
         ch.basic_qos(prefetch_count=max(1, min(prefetch, count)))
 
-        def on_message(channel, method, _props, body):
+        def on_message(channel, method, props, body):
             if len(bodies) >= count:
                 return  # beyond what we want: left unacked, requeued on close
-            bodies.append(body)
+            bodies.append((body, props) if properties else body)
             state["last_tag"] = method.delivery_tag
             if len(bodies) == count or len(bodies) % ack_every == 0:
                 channel.basic_ack(delivery_tag=method.delivery_tag, multiple=True)

@@ -146,7 +146,7 @@ class BrokerLink:
         self._channel_deadline = 0.0  # when a nacking channel is closed, settled or not
         self._trial = None  # delivery tag of a fresh channel's one trial publish, while unsettled
         self._trial_due = False  # the next write is a fresh channel's trial
-        self._nack_tally = Tally(log, f"{label}: publishes nacked by the broker, published again on a fresh channel")
+        self._nack_tally = Tally(log, f"{label}: publishes nacked by the broker, to publish again on a fresh channel")
 
     # ---- items -------------------------------------------------------------
 
@@ -483,7 +483,7 @@ class BrokerLink:
                 self._resolve(item, Status.NACKED, self._nacked_reason(item))
             elif not item.resolved:
                 self._nacked[tag] = item
-        self._nack_tally.add(f"{self._nacked_reason(settled[-1][1])}; next try in about {self._nack_backoff:.2f} s",
+        self._nack_tally.add(f"{len(settled)} in one nack; a fresh channel in about {self._nack_backoff:.2f} s",
                              len(settled))
         if self.state is READY:
             self.flush()  # what this channel was given goes out; the broker settles it too
@@ -491,8 +491,7 @@ class BrokerLink:
             self._channel_deadline = time.monotonic() + self.settings.connect_timeout
 
     def _nacked_reason(self, item: Item) -> str:
-        times = "once" if item.nacks == 1 else f"{item.nacks} times"
-        return f"{self.label}: the broker nacked the message {times} (did not take it)"
+        return f"{self.label}: {_nacks(item)}"
 
     def _finish_rechannel(self, now: float) -> None:
         """Close the nacking channel once what it was given is settled, or the wait is over."""
@@ -615,7 +614,7 @@ class BrokerLink:
                 reason = (f"{self.label}: dropped, waited {now - item.raised_at:.1f} s for the broker "
                           f"(backlog_age {self.settings.backlog_age:g} s)")
                 if item.nacks:
-                    self._resolve(item, Status.NACKED, f"{reason}; {self._nacked_reason(item)}")
+                    self._resolve(item, Status.NACKED, f"{reason}; {_nacks(item)}")
                 else:
                     self._resolve(item, Status.FAILED, reason)
 
@@ -667,6 +666,11 @@ class BrokerLink:
     @property
     def closed(self) -> bool:
         return self.state is CLOSED
+
+
+def _nacks(item: Item) -> str:
+    times = "once" if item.nacks == 1 else f"{item.nacks} times"
+    return f"the broker nacked the message {times} (did not take it)"
 
 
 def _hostport(host: str, port: int) -> str:

@@ -37,7 +37,7 @@ class Tally:
         self._reason, self._last = reason, now
         if self.total == 0:
             self.total, self._began, self._said = n, now, now
-            self.log("%s: %s (%d; a summary follows every %g s while this lasts)", self.what, reason, n, self.every)
+            self.log("%s: %s (counting: a summary every %g s while this lasts)", self.what, reason, self.every)
             return
         self.total += n
         self._unsaid += n
