@@ -477,6 +477,11 @@ class PrivateBroker(RunningBroker):
     def _launch(self) -> None:
         self._stopped = False
         self._beam_pid = None
+        self._configure()
+        self._spawn()
+
+    def _configure(self) -> None:
+        """New ports, node name, folder and environment."""
         self.port = free_port()
         self.dist_port = free_port({self.port})
         self.node = f"opsevent-{self.port}@localhost"
@@ -508,9 +513,12 @@ class PrivateBroker(RunningBroker):
         if not env.get("HOME"):
             env["HOME"] = str(self.tmpdir)
         self.env = env
-        self._console = open(self.tmpdir / "console.log", "wb")
+
+    def _spawn(self) -> None:
+        """Start rabbitmq-server with the configured environment (the console log grows across restarts)."""
+        self._console = open(self.tmpdir / "console.log", "ab")
         self.proc = subprocess.Popen(
-            [self.server_path], env=env, cwd=self.tmpdir, stdin=subprocess.DEVNULL,
+            [self.server_path], env=self.env, cwd=self.tmpdir, stdin=subprocess.DEVNULL,
             stdout=self._console, stderr=subprocess.STDOUT, start_new_session=True)
         atexit.register(self.stop)
 
