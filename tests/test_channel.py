@@ -185,3 +185,16 @@ def test_a_child_forked_while_another_thread_holds_the_senders_locks_still_raise
         os.waitpid(pid, 0)
     assert done[0] == pid and os.waitstatus_to_exitcode(done[1]) == 0, "the child deadlocked or failed"
     jobs.close()
+
+
+def test_a_job_carries_its_message_id_and_a_sync_caller_without_an_answer_is_told_the_outcome_is_unknown():
+    jobs = JobQueue(FORK, maxsize=10)
+    sender = JobSender(jobs)
+    started = time.monotonic()
+    (status, reason), = sender.submit("E", (SOCKET,), b"E\n", True, 0.2, "order-42")  # nobody reads the queue
+    assert status is Status.TIMEOUT and time.monotonic() - started < 0.5
+    assert reason.startswith("outcome unknown") and "may still be published" in reason
+    jobs.attach_reader()
+    (payload,) = jobs.receive(10)
+    assert job.decode(payload)[3] == b"order-42"
+    jobs.close()
