@@ -100,7 +100,10 @@ class Settings:
     """How events are delivered. Times are in seconds.
 
     heartbeat (0)
-        AMQP heartbeat interval, 0..65535; 0 disables it (guide 1.5.1).
+        AMQP heartbeat interval, 0..65535; 0 disables it (guide 1.5.1). A
+        broker silent for twice this long is declared dead. Set it for
+        sockets with failover hosts: a frozen host keeps its TCP connection
+        open and says nothing, so with 0 it is never left.
     sync_mode (False)
         Wait for the worker to publish each event (guide 1.5.2); 0 and 1 are
         accepted as in the guide and stored as bool.
@@ -160,8 +163,7 @@ class Settings:
         Connect first to a randomly chosen host of a socket's list rather
         than the first, so that the workers of many servers spread over a
         cluster's nodes; the host chosen is then the one fail-back returns
-        to. Give failover lists a ``heartbeat`` too: with 0, a frozen host
-        is never noticed (see the README, "Running on a RabbitMQ cluster").
+        to (see the README, "Running on a RabbitMQ cluster").
     """
 
     heartbeat: int = 0

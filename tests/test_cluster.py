@@ -51,13 +51,18 @@ class Fault:
     act: str  # ClusterNode method that breaks it
     undo: str  # ... and the one that mends it
     down: float  # seconds between the two
+    sync_all_confirmed: bool  # whether every sync raise must be confirmed, fault or not
 
 
 FAULTS = [
-    Fault("stop_app on the connected node", "connected", "stop_app", "start_app", 3.0),
-    Fault("SIGKILL of the connected node that leads the queue", "connected", "kill", "restart", 5.0),
-    Fault("SIGKILL of a follower", "follower", "kill", "restart", 5.0),
-    Fault("SIGSTOP of the leader, heartbeat 2, SIGCONT after 10 s", "connected", "freeze", "thaw", 10.0),
+    # The node goes at once and says so: failover in milliseconds, nothing for a sync caller to see.
+    Fault("stop_app on the connected node", "connected", "stop_app", "start_app", 3.0, True),
+    # Nacks from the next node until a fresh channel is taken: retried, so none is lost.
+    Fault("SIGKILL of the connected node that leads the queue", "connected", "kill", "restart", 5.0, False),
+    # Two of three members remain: the queue goes on.
+    Fault("SIGKILL of a follower", "follower", "kill", "restart", 5.0, True),
+    # Silence: noticed after 2 x heartbeat; the next node's channel is stuck until the leader thaws.
+    Fault("SIGSTOP of the leader, heartbeat 2, SIGCONT after 10 s", "connected", "freeze", "thaw", 10.0, False),
 ]
 
 
@@ -202,7 +207,8 @@ def test_no_event_that_returned_success_is_missing_and_every_caller_is_bounded_w
     assert not missing, f"{len(missing)} events that returned success are missing"
 
     statuses = collections.Counter(d.status.value for _b, d, *_ in outcome.sync)
-    assert set(statuses) <= {"confirmed", "timeout", "nacked", "failed"}, statuses
+    assert set(statuses) <= ({"confirmed"} if fault.sync_all_confirmed
+                             else {"confirmed", "timeout", "nacked", "failed"}), statuses
     for _body, delivery, *_ in outcome.sync:
         if delivery.status is Status.TIMEOUT:
             assert "outcome unknown" in delivery.reason, delivery.reason
