@@ -118,6 +118,37 @@ class SyncCaller(threading.Thread):
             time.sleep(0.02)
 
 
+class Load:
+    """Two async front-end processes and SYNC_CALLERS sync threads, raising at once for ``seconds``."""
+
+    def __init__(self, evi, async_evi, seconds: float):
+        self.seconds = seconds
+        self.results = FORK.Queue()
+        self.frontends = [FORK.Process(target=async_frontend, args=(async_evi, rank, seconds, self.results),
+                                       daemon=True) for rank in (1, 2)]
+        self.callers = [SyncCaller(evi, rank) for rank in range(SYNC_CALLERS)]
+        for worker in self.frontends + self.callers:
+            worker.start()
+
+    def finish(self) -> tuple[int, dict, float, list]:
+        """Once the front-ends are done: raised, accepted {body: message id}, slowest async raise, sync outcomes."""
+        try:
+            reports = [self.results.get(timeout=self.seconds + 30) for _ in self.frontends]
+        finally:
+            for caller in self.callers:
+                caller.stopping.set()
+            for caller in self.callers:
+                caller.join(SYNC_TIMEOUT + 5)
+        for p in self.frontends:
+            p.join(10)
+        for rank, _raised, _done, refused, _slowest, left in reports:
+            assert refused == {} and left == 0, (rank, refused, left)
+        accepted = {event_body("E_ASYNC", rank, seq): mid for rank, _n, done, *_ in reports for seq, mid in done}
+        sync = [(event_body("E_SYNC", caller.rank, seq), delivery, mid, t0, t1)
+                for caller in self.callers for seq, delivery, mid, t0, t1 in caller.outcomes]
+        return sum(r[1] for r in reports), accepted, max(r[4] for r in reports), sync
+
+
 @dataclass
 class Outcome:
     async_raised: int
@@ -127,6 +158,18 @@ class Outcome:
     faulted_at: float
     undone_after: float  # seconds from the fault to the node being back
     link: dict  # the worker's final counters for the cluster's broker identity
+
+
+def break_and_mend(victim, fault: Fault) -> tuple[float, threading.Thread, list]:
+    """Do the fault, wait ``down``, start undoing it: (when it was done, the undoing thread, [when it is back])."""
+    faulted_at = time.monotonic()
+    getattr(victim, fault.act)()
+    time.sleep(fault.down)
+    back = []  # a restart takes seconds: the load goes on meanwhile
+    undo = threading.Thread(target=lambda: (getattr(victim, fault.undo)(), back.append(time.monotonic())),
+                            daemon=True)
+    undo.start()
+    return faulted_at, undo, back
 
 
 def run_fault(cluster, fault: Fault, queue: str) -> tuple[Outcome, list]:
@@ -144,48 +187,21 @@ def run_fault(cluster, fault: Fault, queue: str) -> tuple[Outcome, list]:
 
     with workers.serve(evi, install_logging=False) as service:
         async_evi.attach(evi.transport)
-        results = FORK.Queue()
-        seconds = WARM + fault.down + AFTER
-        frontends = [FORK.Process(target=async_frontend, args=(async_evi, rank, seconds, results), daemon=True)
-                     for rank in (1, 2)]
-        callers = [SyncCaller(evi, rank) for rank in range(SYNC_CALLERS)]
-        for worker in frontends + callers:
-            worker.start()
+        load = Load(evi, async_evi, WARM + fault.down + AFTER)
         try:
             wait_for(lambda: link_stats(service, label).get("confirmed", 0) > 200, 10, "events confirmed")
             assert link_stats(service, label)["endpoint"] == f"{first.host}:{first.port}"
             time.sleep(max(0.0, WARM - 1.0))
-            faulted_at = time.monotonic()
-            getattr(victim, fault.act)()
-            time.sleep(fault.down)
-            back = []  # when the node is back: a restart takes seconds, and the load goes on meanwhile
-            undo = threading.Thread(target=lambda: (getattr(victim, fault.undo)(), back.append(time.monotonic())),
-                                    daemon=True)
-            undo.start()
-            async_outcomes = [results.get(timeout=seconds + 30) for _ in frontends]
+            faulted_at, undo, back = break_and_mend(victim, fault)
         finally:
-            for caller in callers:
-                caller.stopping.set()
-            for caller in callers:
-                caller.join(SYNC_TIMEOUT + 5)
+            raised, accepted, slowest, sync = load.finish()
         undo.join(90)
         assert back, f"{fault.undo} of {victim.node} failed or took over 90 s"
-        undone_after = back[0] - faulted_at
-        for p in frontends:
-            p.join(10)
-        accepted = {event_body("E_ASYNC", rank, seq): mid
-                    for rank, _n, done, _r, _s, _left in async_outcomes for seq, mid in done}
-        for rank, _n, _done, refused, _slowest, left in async_outcomes:
-            assert refused == {} and left == 0, (rank, refused, left)
         wait_for(lambda: settled(service, label), 30, "everything published after the fault")
     messages = consume(first, queue, queue_count(first, queue), timeout=30, properties=True)
     cluster.delete_queue(queue)
-    sync = [(event_body("E_SYNC", caller.rank, seq), delivery, mid, t0, t1)
-            for caller in callers for seq, delivery, mid, t0, t1 in caller.outcomes]
-    outcome = Outcome(sum(n for _r, n, *_ in async_outcomes), accepted,
-                      max(slowest for *_, slowest, _left in async_outcomes), sync, faulted_at, undone_after,
-                      service.final_stats["brokers"][label])
-    return outcome, messages
+    return Outcome(raised, accepted, slowest, sync, faulted_at, back[0] - faulted_at,
+                   service.final_stats["brokers"][label]), messages
 
 
 # ---- the tests --------------------------------------------------------------------------------------------
@@ -220,9 +236,16 @@ def test_no_event_that_returned_success_is_missing_and_every_caller_is_bounded_w
     recovery = next((t1 - outcome.faulted_at for _b, d, _m, t0, t1 in sorted(outcome.sync, key=lambda o: o[3])
                      if t0 > outcome.faulted_at and d.status is Status.CONFIRMED), None)
     assert recovery is not None, "no sync raise confirmed after the fault"
+    print_figure(fault, outcome, received, confirmed, missing, recovery)
+
+
+def print_figure(fault, outcome, received, confirmed, missing, recovery) -> None:
+    """One line of the README's table (run with -s to see it)."""
+    statuses = collections.Counter(d.status.value for _b, d, *_ in outcome.sync)
     unknown = {body for body, d, *_ in outcome.sync if d.status is Status.TIMEOUT}
     not_taken = {body for body, d, *_ in outcome.sync if d.status in (Status.NACKED, Status.FAILED)}
     duplicates = sum(received.values()) - len(received)
+    slowest_sync = max(t1 - t0 for *_, t0, t1 in outcome.sync)
     link = outcome.link
     print(f"\nFIGURE cluster, {fault.name}: raised {outcome.async_raised} async + {len(outcome.sync)} sync; "
           f"accepted {len(outcome.async_accepted)} queued + {len(confirmed)} confirmed; "
