@@ -224,8 +224,8 @@ def _result(event: str, deliveries: tuple, message_id: str) -> RaiseResult:
     """``RaiseResult(event, deliveries, message_id)``, at half the cost: the async raise's path.
 
     A frozen dataclass's ``__init__`` sets each field through
-    ``object.__setattr__`` (0.66 us for three here); filling the new
-    instance's dict takes 0.29 us. A test checks the two are equal.
+    ``object.__setattr__`` (about 0.7 us for three here); filling the new
+    instance's dict takes about 0.3 us. A test checks the two are equal.
     """
     result = _new(RaiseResult)
     fields = result.__dict__
@@ -233,6 +233,7 @@ def _result(event: str, deliveries: tuple, message_id: str) -> RaiseResult:
     fields["deliveries"] = deliveries
     fields["message_id"] = message_id
     return result
+
 
 _SETTING_NAMES = frozenset(f.name for f in fields(Settings))
 
