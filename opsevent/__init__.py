@@ -10,8 +10,8 @@ Modules: ``sockets`` (the guide's socket syntax, and the extended one:
 OpenSIPS 3.2 parameters, vhost, tls, per-socket format, failover hosts),
 ``payload`` (event bodies in the guide's line format or, through
 ``jsonrpc``, as the JSON-RPC notification of OpenSIPS 3.1.1+; the format is
-chosen per EventInterface and per socket), ``subscriptions`` and
-``interface``.
+chosen per EventInterface and per socket), ``subscriptions``,
+``messageid`` (the id every message of a raise carries) and ``interface``.
 """
 
 from .errors import (

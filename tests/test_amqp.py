@@ -61,7 +61,7 @@ PROPERTY_CASES = [
 def test_message_properties_equal_what_pika_marshals(event, content_type, persistent, message_id,
                                                      timestamp, app_id):
     props = MessageProperties(app_id)
-    marshalled = props.head(event.encode(), content_type, persistent) + props.tail(message_id, timestamp)
+    marshalled = props.head(event.encode(), content_type, persistent) + props.tail(message_id.encode(), timestamp)
     expected = spec.BasicProperties(content_type=content_type, headers={"event": event},
                                     delivery_mode=2 if persistent else None, message_id=message_id,
                                     timestamp=timestamp, app_id=app_id)
@@ -73,7 +73,7 @@ def test_message_properties_equal_what_pika_marshals(event, content_type, persis
 
 def test_without_the_event_header_the_properties_have_no_headers_table_like_pika():
     props = MessageProperties("opsevent", event_header=False)
-    marshalled = props.head(b"E_X", "text/plain", True) + props.tail("id-1", 5)
+    marshalled = props.head(b"E_X", "text/plain", True) + props.tail(b"id-1", 5)
     assert marshalled == ours(spec.BasicProperties(content_type="text/plain", delivery_mode=2, message_id="id-1",
                                                    timestamp=5, app_id="opsevent"))
 

@@ -43,7 +43,7 @@ class RecordingTransport:
     def __init__(self):
         self.calls = []
 
-    def submit(self, event, sockets, body, sync, timeout):
+    def submit(self, event, sockets, body, sync, timeout, message_id):
         self.calls.append(body)
         return [(Status.QUEUED, "")] * len(sockets)
 

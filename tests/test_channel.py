@@ -81,7 +81,7 @@ def test_the_worker_end_reads_every_job_from_several_processes_and_frees_their_s
     jobs.attach_reader()
     bodies, deadline = [], time.monotonic() + 20
     while len(bodies) < 120 and time.monotonic() < deadline:
-        bodies += [job.decode(payload)[4] for payload in jobs.receive(1000)]
+        bodies += [job.decode(payload)[5] for payload in jobs.receive(1000)]
         time.sleep(0.001)
     for p in producers:
         p.join(10)
@@ -119,7 +119,7 @@ def test_a_burst_beyond_the_pipe_overflows_into_the_buffer_and_arrives_in_order(
     jobs.attach_reader()
     got, deadline = [], time.monotonic() + 20
     while len(got) < n and time.monotonic() < deadline:
-        got += [job.decode(payload)[4] for payload in jobs.receive(1000)]
+        got += [job.decode(payload)[5] for payload in jobs.receive(1000)]
     assert got == bodies and jobs.flush(1.0) == 0
     jobs.close()
 
@@ -131,7 +131,7 @@ def test_a_big_job_crosses_the_pipe_in_several_frames_and_comes_back_whole():
     assert sender.submit("E", (SOCKET,), body, False, 1.0)[0][0] is Status.QUEUED
     jobs.attach_reader()
     (payload,) = jobs.receive(10)
-    assert job.decode(payload)[4] == body
+    assert job.decode(payload)[5] == body
     jobs.close()
 
 
@@ -190,4 +190,17 @@ def test_a_child_forked_while_another_thread_holds_the_senders_locks_still_raise
         os.kill(pid, 9)
         os.waitpid(pid, 0)
     assert done[0] == pid and os.waitstatus_to_exitcode(done[1]) == 0, "the child deadlocked or failed"
+    jobs.close()
+
+
+def test_a_job_carries_its_message_id_and_a_sync_caller_without_an_answer_is_told_the_outcome_is_unknown():
+    jobs = JobQueue(FORK, maxsize=10)
+    sender = JobSender(jobs)
+    started = time.monotonic()
+    (status, reason), = sender.submit("E", (SOCKET,), b"E\n", True, 0.2, "order-42")  # nobody reads the queue
+    assert status is Status.TIMEOUT and time.monotonic() - started < 0.5
+    assert reason.startswith("outcome unknown") and "may still be published" in reason
+    jobs.attach_reader()
+    (payload,) = jobs.receive(10)
+    assert job.decode(payload)[3] == b"order-42"
     jobs.close()

@@ -144,7 +144,8 @@ def test_a_session_subscribe_list_raise_unsubscribe_through_the_cli(broker, clea
         result = json.loads(out.stdout)
         assert result["delivered"] is True
         assert [d["status"] for d in result["deliveries"]] == ["queued"]
-        (body,) = consume(broker, clean_queue, 1)
+        ((body, props),) = consume(broker, clean_queue, 1, properties=True)
+        assert props.message_id == result["message_id"]
         assert decode_event(body) == ("E_CLI", [("user", "alice"), ("n", "42"), ("zip", "01234"),
                                                 (None, "a=b"), ("msg", 'hi, "there"\n')])
         assert body == opsevent.encode_event("E_CLI", [("user", "alice"), ("n", 42), ("zip", "01234"),

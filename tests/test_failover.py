@@ -23,6 +23,7 @@ import opsevent
 import workers
 from opsevent import Status, parse_socket
 from workers.broker import PrivateBroker, _port_accepts, declare_queue
+from workers.link import BrokerLink
 from helpers import wait_for
 from test_faults import drain_queue, event_body, link_stats, settled, worker_logs
 
@@ -162,3 +163,38 @@ def test_sync_raises_are_confirmed_by_whichever_host_is_up_and_losing_the_second
     assert set(on_secondary) == {event_body("E_SYNC", 0, seq) for seq in range(5)}
     assert set(on_primary) >= {event_body("E_SYNC", 0, seq) for seq in range(5, 10)}
     assert len(on_secondary) + len(on_primary) - 10 <= stats.get("republished", 0), stats
+
+
+def test_with_failback_off_the_link_stays_on_the_host_that_works_after_the_primary_returns(brokers, queue_name):
+    primary, secondary = brokers
+    sock, label = two_host_socket(brokers, queue_name)
+    # Probes would come every 0.5 s, were fail-back on: cluster nodes are equivalent, so it is off.
+    evi = opsevent.EventInterface(sync_mode=True, failback=False, failback_interval=0.5, connect_timeout=1.0,
+                                  reconnect_min=0.1, reconnect_max=0.5, persistent=True)
+    evi.subscribe_event("E_STAY", sock)
+    with worker_logs() as logs:
+        with workers.serve(evi) as service:
+            assert evi.raise_event("E_STAY", {"rank": 0, "seq": 0})
+            primary.stop_app()
+            assert evi.raise_event("E_STAY", {"rank": 0, "seq": 1})
+            primary.start_app()
+            time.sleep(2.0)  # four fail-back intervals
+            assert evi.raise_event("E_STAY", {"rank": 0, "seq": 2})
+            wait_for(lambda: settled(service, label), 5, "the link settled")
+    stats = service.final_stats["brokers"][label]
+
+    assert (stats["endpoint"], stats["failovers"], stats["failbacks"]) == (f"127.0.0.1:{secondary.port}", 1, 0)
+    assert drain_queue(primary, queue_name) == [event_body("E_STAY", 0, 0)]
+    assert sorted(drain_queue(secondary, queue_name)) == sorted(event_body("E_STAY", 0, seq) for seq in (1, 2))
+    assert len(logs.matching("staying while it works (failback is off)")) == 1
+
+
+def test_spread_hosts_starts_each_link_at_a_random_host_of_its_list():
+    sock = parse_socket("rabbitmq:127.0.0.1:1,127.0.0.1:2,127.0.0.1:3/q")
+
+    def first_host(**settings) -> str:
+        link = BrokerLink(sock.broker, sock.broker_label, opsevent.Settings(**settings), ioloop=None, done=None)
+        return link.snapshot()["endpoint"]
+
+    assert {first_host() for _ in range(30)} == {"127.0.0.1:1"}
+    assert {first_host(spread_hosts=True) for _ in range(60)} == {"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"}

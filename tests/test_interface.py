@@ -1,6 +1,8 @@
 """EventInterface: raising through a fake transport, results, settings."""
 
+import os
 import pathlib
+import re
 
 import pytest
 
@@ -17,6 +19,7 @@ from opsevent import (
     Status,
     parse_socket,
 )
+from opsevent.messageid import new_message_id
 
 PIKE = "rabbitmq:127.0.0.1/pike"
 QUEUE = "rabbitmq:127.0.0.1/queue"
@@ -30,7 +33,7 @@ class RecordingTransport:
         self.calls = []
         self.answers = answers
 
-    def submit(self, event, sockets, body, sync, timeout):
+    def submit(self, event, sockets, body, sync, timeout, message_id):
         self.calls.append((sockets, body, sync, timeout))
         if self.answers is not None:
             return self.answers
@@ -247,6 +250,8 @@ def test_settings_defaults_are_the_documented_ones():
     ({"tls_cert_file": "c.pem"}, "tls_cert_file is set but tls_key_file is not: a client certificate needs its key"),
     ({"tls_key_file": "k.pem"}, "tls_key_file is set but tls_cert_file is not"),
     ({"tls_verify_hostname": 1}, "tls_verify_hostname must be a bool, not 1"),
+    ({"failback": "no"}, "failback must be a bool, not 'no'"),
+    ({"spread_hosts": 1}, "spread_hosts must be a bool, not 1"),
 ])
 def test_a_bad_setting_is_refused_naming_the_parameter_and_value(kwargs, message):
     with pytest.raises(ConfigError) as caught:
@@ -261,6 +266,15 @@ def test_the_tls_and_failback_settings_default_to_no_files_verified_hostnames_an
     s = Settings()
     assert (s.tls_ca_file, s.tls_cert_file, s.tls_key_file) == (None, None, None)
     assert s.tls_verify_hostname is True and s.failback_interval == 5.0
+    assert s.failback is True and s.spread_hosts is False
+
+
+def test_every_setting_is_documented_in_the_settings_docstring():
+    # A heading line: "    name (default)", or two: "    a (1), b (2)".
+    documented = {name for line in Settings.__doc__.splitlines()
+                  if line.startswith("    ") and not line.startswith("        ")
+                  for name in re.findall(r"(\w+) \(", line)}
+    assert {f for f in Settings.__dataclass_fields__} <= documented
 
 
 def test_tls_file_settings_take_path_objects_and_keep_them_as_text():
@@ -339,7 +353,7 @@ class AnsweringTransport:
     def __init__(self):
         self.calls = []
 
-    def submit(self, event, sockets, body, sync, timeout):
+    def submit(self, event, sockets, body, sync, timeout, message_id):
         self.calls.append((sockets, body, sync, timeout))
         return [(Status(s.routing_key.replace("_", " ")), body.decode()[:1])
                 for s in sockets]
@@ -404,9 +418,9 @@ class NotingTransport(RecordingTransport):
         super().__init__()
         self.events, self.notes = [], []
 
-    def submit(self, event, sockets, body, sync, timeout):
+    def submit(self, event, sockets, body, sync, timeout, message_id):
         self.events.append(event)
-        return super().submit(event, sockets, body, sync, timeout)
+        return super().submit(event, sockets, body, sync, timeout, message_id)
 
     def note(self, event, sockets, status):
         self.notes.append((event, sockets, status))
@@ -426,15 +440,96 @@ def test_the_transport_gets_the_event_name_and_is_told_of_too_large_raises_per_f
     assert transport.notes[-1] == ("E_SIP_MESSAGE", plain.subscribers("E_SIP_MESSAGE"), Status.TOO_LARGE)
 
 
-def test_a_raise_answered_with_the_same_statuses_reuses_its_result_and_new_statuses_make_a_new_one():
+def test_a_raise_answered_with_the_same_statuses_reuses_its_deliveries_and_new_statuses_make_new_ones():
     queued = [(Status.QUEUED, "")]
     transport = RecordingTransport(answers=queued)
     evi = interface(PIKE, transport=transport)
     first = evi.raise_event("E_SIP_MESSAGE", {"n": 1})
-    assert evi.raise_event("E_SIP_MESSAGE", {"n": 2}) is first
+    second = evi.raise_event("E_SIP_MESSAGE", {"n": 2})
+    assert second.deliveries is first.deliveries and second.message_id != first.message_id
     transport.answers = [(Status.QUEUE_FULL, "full")]
     refused = evi.raise_event("E_SIP_MESSAGE", {"n": 3})
     assert not refused and refused.deliveries[0].reason == "full"
     evi.subscribe_event("E_SIP_MESSAGE", QUEUE)  # new subscribers, new tuple: never the old result
     transport.answers = queued * 2
     assert len(evi.raise_event("E_SIP_MESSAGE", {"n": 4}).deliveries) == 2
+
+
+# ---- message ids ---------------------------------------------------------------------------------
+
+class IdTransport(RecordingTransport):
+    """Also records the message id of each submit."""
+
+    def __init__(self):
+        super().__init__()
+        self.ids = []
+
+    def submit(self, event, sockets, body, sync, timeout, message_id):
+        self.ids.append(message_id)
+        return super().submit(event, sockets, body, sync, timeout, message_id)
+
+
+def test_each_raise_gets_a_message_id_of_its_own_which_the_transport_and_the_result_carry():
+    transport = IdTransport()
+    evi = interface(PIKE, transport=transport)
+    results = [evi.raise_event("E_SIP_MESSAGE", {"n": n}) for n in range(3)]
+    assert [r.message_id for r in results] == transport.ids
+    assert len(set(transport.ids)) == 3 and all(transport.ids)
+
+
+def test_a_given_message_id_is_used_for_every_format_and_failure_alike():
+    transport = IdTransport()
+    evi = interface(PIKE, JSON_QUEUE, transport=transport)
+    assert evi.raise_event("E_SIP_MESSAGE", {"n": 1}, message_id="order-42").message_id == "order-42"
+    assert transport.ids == ["order-42", "order-42"]  # one submit per format, one id per event
+    big = evi.raise_event("E_SIP_MESSAGE", {"big": "x" * MAX_BODY_SIZE}, message_id="order-43")
+    assert not big and big.message_id == "order-43"
+    assert interface(PIKE).raise_event("E_SIP_MESSAGE", message_id="x").message_id == "x"  # not running
+    assert interface().raise_event("E_SIP_MESSAGE").message_id == ""  # no subscribers: nothing to name
+
+
+def test_the_same_deliveries_are_equal_results_only_with_the_same_message_id():
+    transport = RecordingTransport()
+    evi = interface(PIKE, transport=transport)
+    first = evi.raise_event("E_SIP_MESSAGE", message_id="a")
+    assert first == evi.raise_event("E_SIP_MESSAGE", message_id="a")
+    assert first != evi.raise_event("E_SIP_MESSAGE", message_id="b")
+    assert first == RaiseResult("E_SIP_MESSAGE", first.deliveries, "a")  # the cheap path builds the same thing
+
+
+@pytest.mark.parametrize("message_id, error, message", [
+    ("", EventSyntaxError, "message_id must be 1..255 UTF-8 bytes (an AMQP shortstr), not 0"),
+    ("x" * 256, EventSyntaxError, "message_id must be 1..255 UTF-8 bytes (an AMQP shortstr), not 256"),
+    ("\u00e9" * 128, EventSyntaxError, "not 256"),  # 128 characters, 256 bytes
+    ("id\udc80", EventSyntaxError, "message_id 'id\\udc80' has no UTF-8 form (a lone surrogate)"),
+    (b"id-1", EventValueTypeError, "message_id must be a str, not bytes b'id-1'"),
+    (42, EventValueTypeError, "message_id must be a str, not int 42"),
+])
+def test_a_message_id_that_cannot_be_an_amqp_shortstr_is_refused_saying_why(message_id, error, message):
+    evi = interface(PIKE, transport=RecordingTransport())
+    for target in (evi, interface()):  # with subscribers or without: a programmer error either way
+        with pytest.raises(error) as caught:
+            target.raise_event("E_SIP_MESSAGE", message_id=message_id)
+        assert message in str(caught.value)
+        assert isinstance(caught.value, (ValueError, TypeError)) and isinstance(caught.value, OpseventError)
+
+
+def test_a_message_id_of_255_bytes_is_the_longest_allowed():
+    evi = interface(PIKE, transport=RecordingTransport())
+    assert evi.raise_event("E_SIP_MESSAGE", message_id="\u00e9" * 127 + "x").message_id.endswith("x")
+
+
+def test_a_forked_child_makes_message_ids_no_other_process_makes():
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first ids, to the parent
+        os.write(write_end, " ".join(new_message_id() for _ in range(3)).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        child = pipe.read().split()
+    os.waitpid(pid, 0)
+    parent = [new_message_id() for _ in range(3)]
+    prefix = lambda mid: mid.rsplit("-", 1)[0]  # noqa: E731
+    assert len(child) == 3 and {prefix(m) for m in child}.isdisjoint({prefix(m) for m in parent})
+    assert len({prefix(m) for m in parent}) == 1 and len(set(parent)) == 3

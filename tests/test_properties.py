@@ -87,6 +87,21 @@ def test_each_subscribers_copy_of_one_event_has_the_same_message_id(broker, queu
     assert first[0][0].message_id != first[1][0].message_id
 
 
+def test_a_raise_given_a_message_id_publishes_every_copy_with_it_and_a_made_one_is_in_the_result(
+        broker, queue_name):
+    queues = [queue_name, queue_name + ".2"]
+    evi = opsevent.EventInterface(sync_mode=True)
+    for q in queues:
+        declare_queue(broker, q)
+        evi.subscribe_event("E_ID", broker.socket(q))
+    with workers.serve(evi, install_logging=False):
+        given = evi.raise_event("E_ID", {"n": 1}, message_id="order-42 \u00e9")
+        made = evi.raise_event("E_ID", {"n": 2})
+    assert given and made and given.message_id == "order-42 \u00e9"
+    for q in queues:
+        assert [p.message_id for p, _ in get_messages(broker, q, 2)] == [given.message_id, made.message_id]
+
+
 def test_stats_count_each_subscriptions_events_by_outcome(broker, queue_name):
     declare_queue(broker, queue_name)
     good, nowhere = broker.socket(queue_name), broker.socket(queue_name + ".none")  # no such queue
@@ -140,9 +155,9 @@ def test_a_jobs_bytes_decode_to_what_the_front_end_encoded():
     sock = parse_socket("rabbitmq:u:p@mq:5673/ex?key")
     sockets = SocketBytes()((sock,))
     for seq, reply, event, body in [(0, None, b"E", b""), (7, b"\0reply-1", "É".encode(), b"x" * 20000)]:
-        payload = b"".join(job.encode(seq, reply, event, sockets, body, 12.5))
-        assert job.decode(payload) == (seq, reply, event, sockets, body, 12.5)
-        assert job.decode(memoryview(payload)) == (seq, reply, event, sockets, body, 12.5)
+        payload = b"".join(job.encode(seq, reply, event, b"id-7", sockets, body, 12.5))
+        assert job.decode(payload) == (seq, reply, event, b"id-7", sockets, body, 12.5)
+        assert job.decode(memoryview(payload)) == (seq, reply, event, b"id-7", sockets, body, 12.5)
     assert job.load_sockets(sockets)[0][:4] == ("u", "p", "mq", 5673)
 
 

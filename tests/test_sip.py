@@ -303,7 +303,7 @@ class Recorder:
         self.bodies = []
         self.status = status
 
-    def submit(self, event, sockets, body, sync, timeout):
+    def submit(self, event, sockets, body, sync, timeout, message_id):
         if self.status is Status.QUEUED:
             self.bodies.append(body)
         return [(self.status, "")] * len(sockets)

@@ -82,9 +82,10 @@ class MessageProperties:
         return b"".join((struct.pack(">H", flags), shortstr(content_type, "content type"), table,
                          b"\x02" if persistent else b""))
 
-    def tail(self, message_id: str, timestamp: int) -> bytes:
-        """Message id, timestamp and app id: the per-message back part."""
-        return shortstr(message_id, "message id") + _TS.pack(timestamp) + self._app_id
+    def tail(self, message_id: bytes, timestamp: int) -> bytes:
+        """Message id (UTF-8, at most 255 bytes: the job's length field holds no more), timestamp
+        and app id: the per-message back part."""
+        return bytes((len(message_id),)) + message_id + _TS.pack(timestamp) + self._app_id
 
 
 class Publisher:

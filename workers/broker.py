@@ -477,6 +477,11 @@ class PrivateBroker(RunningBroker):
     def _launch(self) -> None:
         self._stopped = False
         self._beam_pid = None
+        self._configure()
+        self._spawn()
+
+    def _configure(self) -> None:
+        """New ports, node name, folder and environment."""
         self.port = free_port()
         self.dist_port = free_port({self.port})
         self.node = f"opsevent-{self.port}@localhost"
@@ -508,9 +513,12 @@ class PrivateBroker(RunningBroker):
         if not env.get("HOME"):
             env["HOME"] = str(self.tmpdir)
         self.env = env
-        self._console = open(self.tmpdir / "console.log", "wb")
+
+    def _spawn(self) -> None:
+        """Start rabbitmq-server with the configured environment (the console log grows across restarts)."""
+        self._console = open(self.tmpdir / "console.log", "ab")
         self.proc = subprocess.Popen(
-            [self.server_path], env=env, cwd=self.tmpdir, stdin=subprocess.DEVNULL,
+            [self.server_path], env=self.env, cwd=self.tmpdir, stdin=subprocess.DEVNULL,
             stdout=self._console, stderr=subprocess.STDOUT, start_new_session=True)
         atexit.register(self.stop)
 
@@ -672,8 +680,9 @@ def queue_count(broker: RunningBroker, name: str) -> int:
 
 
 def consume(broker: RunningBroker, queue: str, count: int, timeout: float = 10,
-            prefetch: int = 1000) -> list[bytes]:
-    """Take exactly ``count`` messages from ``queue``; return their bodies in order.
+            prefetch: int = 1000, properties: bool = False) -> list:
+    """Take exactly ``count`` messages from ``queue``; return their bodies in order
+    (with ``properties``, ``(body, pika BasicProperties)`` pairs).
 
     Returns as soon as ``count`` have arrived.  Raises ``TimeoutError`` (with
     ``.bodies`` holding what did arrive) after ``timeout`` seconds.  Messages
@@ -694,10 +703,10 @@ def consume(broker: RunningBroker, queue: str, count: int, timeout: float = 10,
         ch = conn.channel()
         ch.basic_qos(prefetch_count=max(1, min(prefetch, count)))
 
-        def on_message(channel, method, _props, body):
+        def on_message(channel, method, props, body):
             if len(bodies) >= count:
                 return  # beyond what we want: left unacked, requeued on close
-            bodies.append(body)
+            bodies.append((body, props) if properties else body)
             state["last_tag"] = method.delivery_tag
             if len(bodies) == count or len(bodies) % ack_every == 0:
                 channel.basic_ack(delivery_tag=method.delivery_tag, multiple=True)

@@ -39,8 +39,10 @@ import time
 import weakref
 
 from opsevent import RabbitMQSocket, Status
+from opsevent.messageid import new_message_id
 from workers import job
 from workers.process import FORK_ONLY, run_at_exit
+from workers.tally import Tally
 from workers.job import SocketBytes
 
 log = logging.getLogger(__name__)
@@ -330,36 +332,39 @@ class JobSender:
     def __reduce__(self):
         raise TypeError(FORK_ONLY)
 
-    def submit(self, event, sockets, body, sync, timeout):
+    def submit(self, event, sockets, body, sync, timeout, message_id=None):
         ev = event.encode("utf-8")
+        # The EventInterface made or checked the id (1..255 UTF-8 bytes).
+        mid = (message_id or new_message_id()).encode("utf-8")
         if not sync:
-            if self._queue.put(job.encode(0, None, ev, self._sockets(sockets), body, time.monotonic())):
+            if self._queue.put(job.encode(0, None, ev, mid, self._sockets(sockets), body, time.monotonic())):
                 if self._counts.unsent:
                     self._report()
                 return _queued(len(sockets))
             return self._refused(event, sockets)
-        box, seq, now, readers = self._put_sync(ev, sockets, body)
+        box, seq, now, readers = self._put_sync(ev, mid, sockets, body)
         if box is None:
             return self._refused(event, sockets)
         return self._sync_result(box.wait(seq, now + timeout), sockets, timeout, readers)
 
-    async def asubmit(self, event, sockets, body, sync, timeout):
+    async def asubmit(self, event, sockets, body, sync, timeout, message_id=None):
         """``submit()`` for a coroutine: waits for a sync reply without blocking the event loop."""
         if not sync:
-            return self.submit(event, sockets, body, sync, timeout)  # never waits
-        box, seq, now, readers = self._put_sync(event.encode("utf-8"), sockets, body)
+            return self.submit(event, sockets, body, sync, timeout, message_id)  # never waits
+        mid = (message_id or new_message_id()).encode("utf-8")
+        box, seq, now, readers = self._put_sync(event.encode("utf-8"), mid, sockets, body)
         if box is None:
             return self._refused(event, sockets)
         return self._sync_result(await box.wait_async(seq, now + timeout), sockets, timeout, readers)
 
-    def _put_sync(self, ev, sockets, body):
+    def _put_sync(self, ev, mid, sockets, body):
         """Queue a sync job; ``(box, seq, time, worker generation)``, or box None when the queue is full."""
         box = self._reply_box()
         seq = next(self._seq)
         now = time.monotonic()
         readers = self._queue.readers()
         box.expect(seq)  # before the put: the reply may come before put() returns
-        if not self._queue.put(job.encode(seq, box.address, ev, self._sockets(sockets), body, now)):
+        if not self._queue.put(job.encode(seq, box.address, ev, mid, self._sockets(sockets), body, now)):
             box.forget(seq)
             return None, seq, now, readers
         if self._counts.unsent:
@@ -370,11 +375,11 @@ class JobSender:
         if statuses is not None:
             return tuple((Status(code), reason) for code, reason in statuses)
         if self._queue.readers() != readers:
-            reason = (f"no status within {timeout:g} s: the RabbitMQ worker was replaced meanwhile; the "
-                      f"event may or may not reach the broker")
+            reason = (f"outcome unknown: no status within {timeout:g} s, and the RabbitMQ worker was replaced "
+                      f"meanwhile; the event may or may not be published")
         else:
-            reason = (f"no status from the RabbitMQ worker within {timeout:g} s; the event may still "
-                      f"reach the broker")
+            reason = (f"outcome unknown: no status from the RabbitMQ worker within {timeout:g} s; "
+                      f"the event may still be published")
         return ((Status.TIMEOUT, reason),) * len(sockets)
 
     def note(self, event, sockets, status) -> None:
@@ -409,7 +414,7 @@ class JobSender:
     def _drop_unsent(self, why) -> None:
         dropped = self._queue.discard_unsent()
         for payload in dropped:
-            _seq, _reply, event, sockets, _body, _raised = job.decode(payload)
+            _seq, _reply, event, _id, sockets, _body, _raised = job.decode(payload)
             self._counts.add(os.getpid(), event.decode("utf-8", "replace"),
                              [RabbitMQSocket(*wire) for wire in job.load_sockets(sockets)], "dropped_at_exit")
         log.error("process %d is exiting with %d queued events it cannot hand to the RabbitMQ worker (%s); "
@@ -533,13 +538,12 @@ class Replier:
     ``net.unix.max_dgram_qlen`` datagrams (10 by default): when it is full
     the reply waits here, on a socket connected to that box whose
     writability the kernel reports when the box has room again, until its
-    caller's deadline.  A reply that cannot be delivered (caller gone, or
-    its deadline passed) is counted in ``lost`` and logged at WARNING,
-    with a count, at most every ``LOG_EVERY`` seconds.
+    caller's deadline.  A reply that cannot be delivered (caller gone, or its
+    deadline passed) is counted in ``lost`` and logged at WARNING: at once,
+    then summarised while it lasts (``workers.tally``).
     """
 
     MAX_DATAGRAM = 32768  # bytes of JSON per datagram; a bigger batch is split
-    LOG_EVERY = 5.0
 
     def __init__(self, watch_writable=None, unwatch=None):
         # watch_writable(fd, callback) / unwatch(fd): the worker's I/O loop.
@@ -551,8 +555,7 @@ class Replier:
         self._stuck: dict[bytes, _Stuck] = {}  # address -> replies waiting for room in its box
         self.sent = 0  # replies delivered
         self.lost = 0  # replies nobody could receive (caller gone, or its deadline passed)
-        self._lost_logged = (0, 0.0)  # (lost at the last log line, when)
-        self._why = ""  # why the last reply was lost
+        self.tally = Tally(log, "sync replies not delivered")
 
     def add(self, address: bytes, seq: int, statuses, deadline: float) -> None:
         """Queue a reply for this turn's ``flush``."""
@@ -625,11 +628,10 @@ class Replier:
         self._release(address)
 
     def sweep(self) -> None:
-        """Drop held replies whose callers have given up (called every tick); log what was lost."""
+        """Drop held replies whose callers have given up (called every tick); summarise what was lost."""
         for address in list(self._stuck):
             self._retry(address)
-        if self.lost != self._lost_logged[0] and time.monotonic() - self._lost_logged[1] >= self.LOG_EVERY:
-            self._log_lost()
+        self.tally.tick(time.monotonic())
 
     def _release(self, address: bytes) -> None:
         stuck = self._stuck.pop(address)
@@ -639,15 +641,7 @@ class Replier:
 
     def _lose(self, count: int, why: str) -> None:
         self.lost += count
-        self._why = why
-        if time.monotonic() - self._lost_logged[1] >= self.LOG_EVERY:
-            self._log_lost()
-
-    def _log_lost(self) -> None:
-        previous, _unused = self._lost_logged
-        log.warning("%d sync replies could not be delivered since the last report (%s); %d in all",
-                    self.lost - previous, self._why, self.lost)
-        self._lost_logged = (self.lost, time.monotonic())
+        self.tally.add(why, count)
 
     def close(self) -> None:
         self.flush()
@@ -657,8 +651,7 @@ class Replier:
             stuck = self._stuck[address]
             self._lose(sum(c for _d, c, _t in stuck.queue), "the worker is exiting")
             self._release(address)
-        if self.lost != self._lost_logged[0]:
-            self._log_lost()
+        self.tally.close()
         self.sock.close()
 
 

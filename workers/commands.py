@@ -113,7 +113,7 @@ class Commands:
         if not self.evi.subscribers(event):
             raise CommandError(f"{event} has no subscribers; nothing was raised")
         result = self.evi.raise_event(event, pairs)
-        return {"event": event, "delivered": bool(result),
+        return {"event": event, "delivered": bool(result), "message_id": result.message_id,
                 "deliveries": [{"socket": str(d.socket), "status": d.status.value, "reason": d.reason}
                                for d in result.deliveries]}
 

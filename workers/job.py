@@ -3,15 +3,19 @@
 Only plain data crosses the process boundary, and the front-end builds it.
 Layout (network byte order)::
 
-    job     = head reply event sockets body
-    head    = raised_at:f64  seq:u64  reply-len:u16  event-len:u16  sockets-len:u32
+    job     = head reply event id sockets body
+    head    = raised_at:f64  seq:u64  reply-len:u16  event-len:u16  sockets-len:u32  id-len:u8
     reply   = reply-len octets     the caller's reply address; none for async jobs
     event   = event-len octets     the event name, UTF-8
+    id      = id-len octets        the message id, UTF-8 (an AMQP shortstr: at most 255)
     sockets = sockets-len octets   the subscriber sockets, pickled field tuples
     body    = the rest             the payload bytes, exactly as published
 
 ``raised_at`` is ``time.monotonic()`` at the raise (system-wide on Linux, so
-the worker can age jobs); ``seq`` numbers a sync caller's reply.
+the worker can age jobs); ``seq`` numbers a sync caller's reply.  The
+message id is made (or checked, when the caller gave it) by the front-end's
+``EventInterface``, so that the raise's result can carry it; the worker
+publishes every copy of the event with it.
 
 Why not pickle the whole job: a raise would pay for pickling its sockets
 every time, and the worker for unpickling them.  Subscribers change rarely,
@@ -26,7 +30,9 @@ import pickle
 import struct
 from dataclasses import astuple
 
-HEAD = struct.Struct("!dQHHI")
+from opsevent.messageid import new_message_id
+
+HEAD = struct.Struct("!dQHHIB")
 _CACHE_MAX = 4096  # distinct subscriber tuples remembered; more means the table churns: start over
 
 
@@ -48,23 +54,27 @@ class SocketBytes:
         return data
 
 
-def encode(seq: int, reply: bytes | None, event: bytes, sockets: bytes, body: bytes, raised_at: float) -> tuple:
-    """The job as byte strings to concatenate (``JobQueue.put`` joins them)."""
+def encode(seq: int, reply: bytes | None, event: bytes, message_id: bytes, sockets: bytes, body: bytes,
+           raised_at: float) -> tuple:
+    """The job as byte strings to concatenate (``JobQueue.put`` joins them); *message_id* at most 255 bytes."""
     reply = reply or b""
-    return (HEAD.pack(raised_at, seq, len(reply), len(event), len(sockets)), reply, event, sockets, body)
+    return (HEAD.pack(raised_at, seq, len(reply), len(event), len(sockets), len(message_id)),
+            reply, event, message_id, sockets, body)
 
 
 def decode(payload) -> tuple:
-    """``(seq, reply, event, sockets_bytes, body, raised_at)`` from a job's bytes."""
-    raised_at, seq, reply_len, event_len, sockets_len = HEAD.unpack_from(payload)
+    """``(seq, reply, event, message_id, sockets_bytes, body, raised_at)`` from a job's bytes."""
+    raised_at, seq, reply_len, event_len, sockets_len, id_len = HEAD.unpack_from(payload)
     at = HEAD.size
     reply = bytes(payload[at:at + reply_len]) if reply_len else None
     at += reply_len
     event = bytes(payload[at:at + event_len])
     at += event_len
+    message_id = bytes(payload[at:at + id_len])
+    at += id_len
     sockets = bytes(payload[at:at + sockets_len])
     body = bytes(payload[at + sockets_len:])
-    return seq, reply, event, sockets, body, raised_at
+    return seq, reply, event, message_id, sockets, body, raised_at
 
 
 def load_sockets(data: bytes) -> tuple:
@@ -73,6 +83,8 @@ def load_sockets(data: bytes) -> tuple:
 
 
 def pack(sockets, body: bytes, *, event: str = "E_TEST", seq: int = 0, reply: bytes | None = None,
-         raised_at: float) -> bytes:
+         raised_at: float, message_id: str | None = None) -> bytes:
     """One whole job from socket objects, as a front-end would build it (for tests and tools)."""
-    return b"".join(encode(seq, reply, event.encode("utf-8"), SocketBytes()(tuple(sockets)), body, raised_at))
+    message_id = new_message_id() if message_id is None else message_id
+    return b"".join(encode(seq, reply, event.encode("utf-8"), message_id.encode("utf-8"),
+                           SocketBytes()(tuple(sockets)), body, raised_at))

@@ -26,10 +26,29 @@ Theory of operation:
   connection to the primary every ``failback_interval``.  Once one opens,
   the link stops writing (``switching``), lets the broker confirm what is in
   flight (bounded by ``connect_timeout``, then requeued: at-least-once),
-  closes, and connects to the primary; the pending items follow.
-* ``sweep(now)`` (called by the worker every tick) fails sync items whose
-  caller is about to give up, with the reason they are stuck, and notices a
-  silent broker when heartbeats are on.
+  closes, and connects to the primary; the pending items follow.  With the
+  ``failback`` setting off (a cluster's nodes are equivalent) the link stays
+  where it works; with ``spread_hosts`` the "primary" is a host chosen at
+  random when the link is made, so that many workers spread over a cluster.
+* A nack is not the end.  The broker nacks what it did not take: a cluster
+  nacks every publish on a channel opened just after the node leading a
+  quorum queue died, for as long as that node stays away, while a channel
+  opened later is acked.  So on a nack the link stops writing
+  (``rechannel``), lets the broker settle what is in flight (bounded by
+  ``connect_timeout``), closes the channel and, after a back-off
+  (``reconnect_min`` doubling to ``reconnect_max``, with jitter), opens a
+  fresh one on the same connection.  The nacked items go back to the front
+  of ``pending``, in order, with their message ids; the fresh channel first
+  publishes only the oldest (a trial) and, once the broker acks it, the
+  rest.  Async items are given up only when they outgrow ``backlog_age``
+  (``nacked``, counted as ``dropped_expired``); the worker stops reading at
+  ``backlog_size``.  A sync item is retried while its caller waits, and
+  answered ``nacked`` when the next try would come too late.
+* ``sweep(now)`` (called by the worker every tick) answers sync items whose
+  caller is about to give up, with what is known: ``failed`` when never
+  published, ``nacked`` when every publish of it was nacked, ``timeout``
+  (outcome unknown: it may still arrive) when published and not confirmed.
+  It also notices a silent broker when heartbeats are on.
 * ``done(item, status, reason)`` is the worker's callback; it is called
   exactly once per item.
 """
@@ -53,17 +72,21 @@ from opsevent import Status
 from workers import tls
 from workers.amqp import Publisher
 from workers.failback import PrimaryProbe
+from workers.tally import Tally
 
 log = logging.getLogger(__name__)
 
 IDLE, CONNECTING, READY, CLOSING, CLOSED = "idle", "connecting", "ready", "closing", "closed"
 SWITCHING = "switching"  # failing back: no new writes, waiting for confirms, then close
+RECHANNEL = "rechannel"  # nacked: no new writes, waiting for confirms, then a fresh channel
 _NO_EXCHANGE = re.compile(r"no exchange '(.*)' in vhost")
+
+
 class Item:
     """One job's publish to one socket."""
 
     __slots__ = ("job", "index", "exchange", "routing_key", "body", "properties", "counts", "raised_at",
-                 "deadline", "returned", "resolved")
+                 "deadline", "returned", "resolved", "sent", "nacks")
 
     def __init__(self, job, index, exchange, routing_key, body, properties, counts, raised_at, deadline):
         self.job = job
@@ -77,6 +100,8 @@ class Item:
         self.deadline = deadline  # monotonic time a sync caller stops waiting; None for async
         self.returned = None  # basic.return reply text, when the broker returned it
         self.resolved = False
+        self.sent = 0  # times written to a channel
+        self.nacks = 0  # times the broker nacked it
 
 
 class BrokerLink:
@@ -104,19 +129,31 @@ class BrokerLink:
         self._next_try = 0.0
         self._retry_timer = None
         self._last_rx = (0, 0.0)  # (bytes received, when that count last changed)
-        self._index = 0  # the endpoint connected to, or tried next
+        # The "primary": the first host, or with spread_hosts one chosen at random, so that
+        # many workers spread over a cluster's nodes.
+        self._home = random.randrange(len(self.endpoints)) if settings.spread_hosts else 0
+        self._index = self._home  # the endpoint connected to, or tried next
         self._ready_on = None  # the endpoint of the last working connection
         self._round = []  # "host:port: why" of each failed host since the last working connection
-        self._probe = PrimaryProbe(ioloop, settings.failback_interval, lambda: self._parameters(0),
+        self._probe = PrimaryProbe(ioloop, settings.failback_interval, lambda: self._parameters(self._home),
                                    self._off_primary, self._on_primary_back, label)
         self._switch_deadline = 0.0
+        self._new_connection = False  # the next channel to open is a new connection's first
+        self._working = False  # the connection opened and its first channel took publishes
+        self._nacked: dict[int, Item] = {}  # delivery tag -> item nacked on this channel, to publish again
+        self._nack_backoff = settings.reconnect_min
+        self._channel_timer = None  # the fresh channel's opening, after a back-off
+        self._channel_deadline = 0.0  # when a nacking channel is closed, settled or not
+        self._trial = None  # delivery tag of a fresh channel's one trial publish, while unsettled
+        self._trial_due = False  # the next write is a fresh channel's trial
+        self._nack_tally = Tally(log, f"{label}: publishes nacked by the broker, to publish again on a fresh channel")
 
     # ---- items -------------------------------------------------------------
 
     def submit(self, item: Item) -> None:
         if item.deadline is not None:
             self.sync_waiting += 1
-        if self.state is READY and not self.blocked:
+        if self.state is READY and not self.blocked and self._trial is None:
             self._write(item)
             return
         if (item.deadline is not None and self.state is IDLE and self.last_error
@@ -137,8 +174,12 @@ class BrokerLink:
         self._tag += 1
         self.inflight[self._tag] = item
         self._out += frames
+        item.sent += 1
         self.stats["published"] += 1
         item.counts["published"] += 1
+        if self._trial_due:
+            # A fresh channel after nacks: this one alone, until the broker acks it.
+            self._trial_due, self._trial = False, self._tag
 
     def flush(self) -> None:
         """Hand everything written since the last flush to the socket, as one buffer."""
@@ -175,13 +216,14 @@ class BrokerLink:
 
     @property
     def idle(self) -> bool:
-        return not self.pending and not self.inflight
+        return not self.pending and not self.inflight and not self._nacked
 
     def snapshot(self) -> dict:
         """Plain counters and state, for the stats file."""
+        waiting = len(self.pending) + len(self._nacked)  # nacked ones wait for the next channel
         return {"state": self.state, "endpoint": _hostport(*self.endpoints[self._index]),
-                "blocked": bool(self.blocked), "pending": len(self.pending), "inflight": len(self.inflight),
-                "backlog": len(self.pending) + len(self.inflight),
+                "blocked": bool(self.blocked), "pending": waiting, "inflight": len(self.inflight),
+                "backlog": waiting + len(self.inflight),
                 "reconnects": max(0, self.stats["connects"] - 1),
                 "last_error": self.last_error, "failovers": 0, "failbacks": 0, **self.stats}
 
@@ -229,6 +271,7 @@ class BrokerLink:
 
     def _on_open(self, conn) -> None:
         self._last_rx = (conn.bytes_received, time.monotonic())
+        self._new_connection = True
         conn.channel(on_open_callback=self._on_channel_open)
 
     def _on_channel_open(self, channel) -> None:
@@ -241,8 +284,14 @@ class BrokerLink:
         self._publisher = Publisher(self._channel.channel_number,
                                     self._conn.params.frame_max)
         self._tag = 0
-        self.stats["connects"] += 1
         self.state = READY
+        if not self._new_connection:  # a fresh channel on a working connection
+            self.stats["channels_reopened"] += 1
+            self._drain_pending()
+            return
+        self._new_connection = False
+        self._working = True
+        self.stats["connects"] += 1
         self._backoff = self.settings.reconnect_min
         self._round = []
         if self.last_error:
@@ -254,8 +303,9 @@ class BrokerLink:
     def _drain_pending(self) -> None:
         if self.blocked:
             return
-        pending, self.pending = self.pending, collections.deque()
-        for item in pending:
+        pending = self.pending
+        while pending and self._trial is None:
+            item = pending.popleft()
             if not item.resolved:
                 self._write(item)
         self.flush()
@@ -277,6 +327,8 @@ class BrokerLink:
             return
         if self.state is CLOSING:
             self.state = CLOSED
+            for item in self._nacked.values():
+                self._resolve(item, Status.NACKED, f"{self._nacked_reason(item)}; not retried at shutdown")
             for item in list(self.inflight.values()) + list(self.pending):
                 self._resolve(item, Status.FAILED, f"{self.label}: connection closed at shutdown")
             return
@@ -285,12 +337,8 @@ class BrokerLink:
 
     def _lost(self, reason: str, connect_failed: bool, detail: str = "") -> None:
         """Requeue what was in flight, move to the next host; after a whole round fail sync callers, back off."""
-        was_ready = self.state is READY
-        self.state = IDLE
-        self.blocked = ""
-        self._conn = self._channel = self._publisher = None
-        self._out = []
-        self._requeue_inflight()
+        was_ready = self._working
+        self._forget_connection()
         round_over, reason = self._next_endpoint(reason, detail, was_ready)
         self.last_error = reason
         if connect_failed and round_over:
@@ -324,25 +372,32 @@ class BrokerLink:
     # ---- failover and failback -------------------------------------------------
 
     def _note_endpoint(self) -> None:
-        """Count and log a move to another host; while off the primary, probe it."""
+        """Count and log a move to another host; while off the primary, probe it (unless fail-back is off)."""
         previous, self._ready_on = self._ready_on, self._index
         if len(self.endpoints) == 1:
             return
         where = _hostport(*self.endpoints[self._index])
-        if self._index != 0:
-            if previous != self._index:
-                self.stats["failovers"] += 1
-                log.warning("%s: failed over to host %d (%s); trying the primary again every %g s",
-                            self.label, self._index + 1, where, self.settings.failback_interval)
-            self._probe.start()
-        elif previous not in (None, 0):
+        failback = self.settings.failback
+        if previous == self._index or (previous is None and self._index == self._home):
+            pass  # the same host again, or the primary at first
+        elif self._index == self._home and failback:
             self.stats["failbacks"] += 1
             log.info("%s: back on the primary host (%s)", self.label, where)
+        else:
+            self.stats["failovers"] += 1
+            then = (f"trying the primary again every {self.settings.failback_interval:g} s" if failback
+                    else "staying while it works (failback is off)")
+            log.warning("%s: failed over to host %d (%s); %s", self.label, self._index + 1, where, then)
+        if self._index != self._home and failback:
+            self._probe.start()
 
     def _off_primary(self) -> bool:
-        return self.state is READY and self._index != 0
+        return self._index != self._home and self._working
 
     def _on_primary_back(self) -> None:
+        if self.state is not READY:
+            self._probe.start()  # busy with a nacking channel: ask again later
+            return
         # Stop writing here; the sweep closes once the broker has confirmed
         # what is in flight, so the primary gets no duplicates.
         self.flush()
@@ -350,20 +405,36 @@ class BrokerLink:
         self._switch_deadline = time.monotonic() + self.settings.connect_timeout
 
     def _switch_to_primary(self) -> None:
-        self.state = IDLE
-        self.blocked = ""
-        self._conn = self._channel = self._publisher = None
-        self._out = []
-        self._requeue_inflight()  # empty unless the confirms took longer than connect_timeout
-        self._index = 0
+        self._forget_connection()  # requeues nothing unless the confirms took longer than connect_timeout
+        self._index = self._home
         self._round = []
         self._schedule_connect(0.0)
 
+    def _forget_connection(self) -> None:
+        """The connection is gone: no channel, nothing written; what it had not settled waits in pending."""
+        self.state = IDLE
+        self._working = False
+        self.blocked = ""
+        self._conn = self._channel = self._publisher = None
+        self._out = []
+        self._trial, self._trial_due = None, False
+        if self._channel_timer is not None:
+            self.ioloop.remove_timeout(self._channel_timer)
+            self._channel_timer = None
+        self._requeue_inflight()
+
     def _requeue_inflight(self) -> None:
-        unconfirmed = [item for item in self.inflight.values() if not item.resolved]
+        """What the channel did not settle, and what it nacked, back to the front of pending, in order."""
+        unconfirmed = {tag: item for tag, item in self.inflight.items() if not item.resolved}
         self.inflight.clear()
         self.stats["republished"] += len(unconfirmed)
-        self.pending.extendleft(reversed(unconfirmed))
+        nacked, self._nacked = self._nacked, {}
+        retried = {tag: item for tag, item in nacked.items() if not item.resolved}
+        self.stats["nack_retries"] += len(retried)
+        unconfirmed.update(retried)
+        for item in unconfirmed.values():
+            item.returned = None  # a new publish may well be routed
+        self.pending.extendleft(unconfirmed[tag] for tag in sorted(unconfirmed, reverse=True))
 
     # ---- broker callbacks ------------------------------------------------------
 
@@ -371,22 +442,82 @@ class BrokerLink:
         method = frame.method
         inflight = self.inflight
         if method.multiple:
-            # Acks come in order and cover every tag up to this one: take them off the front.
-            last, items = method.delivery_tag, []
+            # Confirms cover every tag up to this one: take them off the front.
+            last, settled = method.delivery_tag, []
             while inflight and next(iter(inflight)) <= last:
-                items.append(inflight.popitem(last=False)[1])
+                settled.append(inflight.popitem(last=False))
         else:
             item = inflight.pop(method.delivery_tag, None)
-            items = () if item is None else (item,)
+            settled = () if item is None else ((method.delivery_tag, item),)
         if not isinstance(method, spec.Basic.Ack):
-            for item in items:
-                self._resolve(item, Status.NACKED, f"{self.label}: the broker nacked the message")
+            self._on_nack(settled)
+        else:
+            for _tag, item in settled:
+                if item.returned is not None:
+                    self._resolve(item, Status.UNROUTABLE, item.returned)
+                else:
+                    self._resolve(item, Status.CONFIRMED)
+            if self._trial is not None and settled:
+                # The fresh channel's trial went through: the broker takes publishes again.
+                self._trial, self._nack_backoff = None, self.settings.reconnect_min
+                if self.state is READY:
+                    self._drain_pending()
+        if self.state is RECHANNEL and not self.inflight:
+            self._finish_rechannel(time.monotonic())
+
+    def _on_nack(self, settled) -> None:
+        """The broker did not take these: keep them for a fresh channel, and stop writing to this one."""
+        if not settled:
             return
-        for item in items:
-            if item.returned is not None:
-                self._resolve(item, Status.UNROUTABLE, item.returned)
-            else:
-                self._resolve(item, Status.CONFIRMED)
+        self._trial = None
+        if self.state is CLOSING:
+            for _tag, item in settled:
+                item.nacks += 1
+                self._resolve(item, Status.NACKED, self._nacked_reason(item))
+            return
+        retry_at = time.monotonic() + self._nack_backoff
+        for tag, item in settled:
+            item.nacks += 1
+            if item.deadline is not None and item.deadline <= retry_at:
+                # Its caller gives up before a fresh channel could take it: say so now.
+                self._resolve(item, Status.NACKED, self._nacked_reason(item))
+            elif not item.resolved:
+                self._nacked[tag] = item
+        self._nack_tally.add(f"{len(settled)} in one nack; a fresh channel in about {self._nack_backoff:.2f} s",
+                             len(settled))
+        if self.state is READY:
+            self.flush()  # what this channel was given goes out; the broker settles it too
+            self.state = RECHANNEL
+            self._channel_deadline = time.monotonic() + self.settings.connect_timeout
+
+    def _nacked_reason(self, item: Item) -> str:
+        return f"{self.label}: {_nacks(item)}"
+
+    def _finish_rechannel(self, now: float) -> None:
+        """Close the nacking channel once what it was given is settled, or the wait is over."""
+        if self.inflight and now < self._channel_deadline:
+            return
+        if self._channel.is_open:
+            self._channel.close()
+        elif now >= self._channel_deadline + self.settings.connect_timeout and not self._channel.is_closed:
+            # No close-ok from a stuck broker: drop the connection (all is requeued; the next host is tried).
+            self._conn._terminate_stream(exceptions.StreamLostError("no close-ok for a nacking channel"))
+
+    def _reopen_channel_later(self) -> None:
+        """The nacking channel is closed: requeue its items, open a fresh channel after a back-off."""
+        self._channel = self._publisher = None
+        self._out = []
+        self._requeue_inflight()
+        delay = self._nack_backoff * random.uniform(0.5, 1.0)
+        self._nack_backoff = min(self._nack_backoff * 2, self.settings.reconnect_max)
+        self._trial_due = True
+        self.state = CONNECTING
+        self._channel_timer = self.ioloop.call_later(delay, self._open_channel)
+
+    def _open_channel(self) -> None:
+        self._channel_timer = None
+        if self.state is CONNECTING and self._conn is not None and self._conn.is_open:
+            self._conn.channel(on_open_callback=self._on_channel_open)
 
     def _on_return(self, _unused_channel, method, _unused_props, body) -> None:
         # basic.return carries no delivery tag; it comes before the ack of the
@@ -398,9 +529,14 @@ class BrokerLink:
                                  f"key '{method.routing_key}' on {self.label} ({method.reply_text})")
                 return
 
-    def _on_channel_closed(self, _unused_channel, error) -> None:
-        if self.state is not READY or not self._conn.is_open:
+    def _on_channel_closed(self, channel, error) -> None:
+        if self._conn is None or not self._conn.is_open or channel is not self._channel:
             return  # the connection is going: _on_closed requeues what was in flight
+        if self.state is RECHANNEL:
+            self._reopen_channel_later()
+            return
+        if self.state is not READY:
+            return
         reason = f"{self.label}: channel closed by the broker: {_describe(error)}"
         log.warning("%s", reason)
         match = _NO_EXCHANGE.search(str(error))
@@ -426,7 +562,7 @@ class BrokerLink:
     # ---- time ----------------------------------------------------------------
 
     def sweep(self, now: float) -> None:
-        """Fail sync items whose caller is about to give up; notice a silent broker."""
+        """Answer sync items whose caller is about to give up; drop stale ones; notice a silent broker."""
         if self.sync_waiting:
             self._expire_sync(now)
         if self.pending:
@@ -435,6 +571,9 @@ class BrokerLink:
             self._notice_silence(now, self.settings.heartbeat)
         if self.state is SWITCHING:
             self._finish_switch(now)
+        elif self.state is RECHANNEL:
+            self._finish_rechannel(now)
+        self._nack_tally.tick(now)
 
     def _finish_switch(self, now: float) -> None:
         """Close the failover host's connection once its publishes are confirmed, or the wait is over."""
@@ -447,11 +586,21 @@ class BrokerLink:
             self._conn._terminate_stream(exceptions.StreamLostError("no close-ok while switching to the primary"))
 
     def _expire_sync(self, now: float) -> None:
-        for items in (self.pending, self.inflight.values()):
+        for items in (self.pending, self._nacked.values(), self.inflight.values()):
             for item in [i for i in items if i.deadline is not None and i.deadline <= now]:
-                self._resolve(item, Status.TIMEOUT, self._why_stuck())
+                self._resolve(item, *self._sync_outcome(item))
         if self.pending and any(i.resolved for i in self.pending):
             self.pending = collections.deque(i for i in self.pending if not i.resolved)
+
+    def _sync_outcome(self, item: Item) -> tuple[Status, str]:
+        """What a sync caller about to give up is told: only ``timeout`` says the event may still arrive."""
+        why = self._why_stuck()
+        if item.sent > item.nacks:  # a publish the broker neither acked nor nacked
+            return Status.TIMEOUT, (f"outcome unknown: published, but not confirmed before the caller's "
+                                    f"timeout ({why}); it may still arrive")
+        if item.nacks:
+            return Status.NACKED, f"{self._nacked_reason(item)}; not taken before the caller's timeout ({why})"
+        return Status.FAILED, f"not published before the caller's timeout: {why}"
 
     def _expire_backlog(self, now: float) -> None:
         # Stale events flushed much later are worse than none (OpenSIPS #1155).
@@ -462,11 +611,15 @@ class BrokerLink:
             if not item.resolved:
                 self.stats["dropped_expired"] += 1
                 item.counts["dropped_expired"] += 1
-                self._resolve(item, Status.FAILED, f"{self.label}: dropped, waited {now - item.raised_at:.1f} s "
-                                                   f"for the broker (backlog_age {self.settings.backlog_age:g} s)")
+                reason = (f"{self.label}: dropped, waited {now - item.raised_at:.1f} s for the broker "
+                          f"(backlog_age {self.settings.backlog_age:g} s)")
+                if item.nacks:
+                    self._resolve(item, Status.NACKED, f"{reason}; {_nacks(item)}")
+                else:
+                    self._resolve(item, Status.FAILED, reason)
 
     def _notice_silence(self, now: float, hb: int) -> None:
-        if self.state in (READY, CONNECTING) and self._conn is not None and self._conn.is_open:
+        if self.state in (READY, CONNECTING, RECHANNEL) and self._conn is not None and self._conn.is_open:
             received, since = self._last_rx
             if self._conn.bytes_received != received:
                 self._last_rx = (self._conn.bytes_received, now)
@@ -480,16 +633,20 @@ class BrokerLink:
             return self.blocked
         if self.state is SWITCHING:
             return f"{self.label}: switching back to the primary host"
+        if self.state is RECHANNEL or self._trial is not None or self._trial_due:
+            return f"{self.label}: the broker nacks publishes; trying a fresh channel (back-off)"
         if self.state is READY:
             return f"{self.label}: no confirm from the broker before the sync timeout"
         return self.last_error or f"{self.label}: not connected yet"
 
     def close(self) -> None:
         """Start a clean close; the caller keeps the I/O loop running until ``closed``."""
-        if self._retry_timer is not None:
-            self.ioloop.remove_timeout(self._retry_timer)
-            self._retry_timer = None
+        for timer in (self._retry_timer, self._channel_timer):
+            if timer is not None:
+                self.ioloop.remove_timeout(timer)
+        self._retry_timer = self._channel_timer = None
         self._probe.stop()
+        self._nack_tally.close()
         if self._conn is not None and self._conn.is_open:
             self.state = CLOSING
             self._conn.close()
@@ -509,6 +666,11 @@ class BrokerLink:
     @property
     def closed(self) -> bool:
         return self.state is CLOSED
+
+
+def _nacks(item: Item) -> str:
+    times = "once" if item.nacks == 1 else f"{item.nacks} times"
+    return f"the broker nacked the message {times} (did not take it)"
 
 
 def _hostport(host: str, port: int) -> str:

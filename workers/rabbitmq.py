@@ -35,6 +35,7 @@ from workers.link import BrokerLink, Item
 from workers.process import (accept_stop_signals, close_inherited_listeners, reset_signals,
                              set_parent_death_signal)
 from workers.substats import FRONTEND_COUNTERS, SubscriptionStats
+from workers.tally import Tally
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,6 @@ STATS_EVERY = 1.0  # seconds between two snapshots in the stats file
 TARGETS_CACHED = 4096  # distinct (event, subscribers) job shapes remembered
 INBOX_MAX = 1 << 18  # bytes of one front-end report (JobSender keeps them under it)
 CONTENT_TYPES = {"lines": "text/plain", "json": "application/json"}
-LOG_EVERY = 10.0  # seconds between two log lines about the same kind of async failure
 
 
 class _Target:
@@ -95,7 +95,7 @@ class RabbitMQWorker:
         self.reading = True
         self.stop_requested = False
         self.finished = False
-        self._failures = {}  # status -> (count since last log line, time of that line)
+        self._failures: dict[Status, Tally] = {}  # async failures by status, logged while they last
         self._targets: dict[tuple[bytes, bytes], tuple] = {}  # (event, sockets bytes) -> _Target per subscriber
         self.subscriptions = SubscriptionStats()
 
@@ -123,8 +123,6 @@ class RabbitMQWorker:
         self.replier = Replier(lambda fd, callback: self.ioloop.add_handler(fd, callback, PollEvents.WRITE),
                                self.ioloop.remove_handler)
         self.properties = MessageProperties(self.settings.app_id, self.settings.event_header)
-        self._message_prefix = f"{os.urandom(6).hex()}-"
-        self._message_no = 0
         self._wall_offset = time.time() - time.monotonic()
         self.inbox = None
         if self.inbox_address is not None:
@@ -163,6 +161,8 @@ class RabbitMQWorker:
                 link.close()
                 link.abort("worker exiting")
         self.replier.close()
+        for tally in self._failures.values():
+            tally.close()
         if self.inbox is not None:
             self._on_inbox(None, None)  # the last reports of exiting front-ends
             self.inbox.close()
@@ -219,7 +219,7 @@ class RabbitMQWorker:
             self._more_if_waiting()
 
     def handle(self, payload) -> None:
-        seq, reply, event, sockets, body, raised_at = job.decode(payload)
+        seq, reply, event, message_id, sockets, body, raised_at = job.decode(payload)
         self.stats["jobs"] += 1
         targets = self._targets.get((event, sockets)) or self._new_targets(event, sockets)
         n = len(targets)
@@ -240,10 +240,9 @@ class RabbitMQWorker:
                 return
         self.outstanding += n
         self.outstanding_bytes += n * len(body)
-        # The message id names the event: the same for each subscriber's copy and
-        # for a copy published again after a reconnect, so consumers can drop duplicates.
-        self._message_no += 1
-        tail = self.properties.tail(f"{self._message_prefix}{self._message_no}", int(raised_at + self._wall_offset))
+        # The message id (the front-end's) names the event: the same for each subscriber's copy
+        # and for a copy published again after a reconnect or a nack, so consumers can drop duplicates.
+        tail = self.properties.tail(message_id, int(raised_at + self._wall_offset))
         for i, t in enumerate(targets):
             t.counts["queued"] += 1
             t.link.submit(Item(record, i, t.exchange, t.routing_key, body, t.head + tail, t.counts,
@@ -308,15 +307,12 @@ class RabbitMQWorker:
                 log.warning("ignored a malformed front-end report (%d bytes): %s", len(data), exc)
 
     def _log_async_failure(self, status: Status, reason: str) -> None:
-        # One line per kind of failure per interval, with the count: a dead
-        # broker must not turn every event into a log line.
-        count, last = self._failures.get(status, (0, 0.0))
-        now = time.monotonic()
-        if now - last >= LOG_EVERY:
-            log.warning("async event %s: %s (%d more like it since the last report)", status.value, reason, count)
-            self._failures[status] = (0, now)
-        else:
-            self._failures[status] = (count + 1, last)
+        # Counted per kind and summarised while it lasts (workers/tally.py): a
+        # dead broker must not turn every event into a log line.
+        tally = self._failures.get(status)
+        if tally is None:
+            tally = self._failures[status] = Tally(log, f"async events {status.value}")
+        tally.add(reason)
 
     # ---- time and shutdown ----------------------------------------------------------
 
@@ -326,6 +322,8 @@ class RabbitMQWorker:
             link.sweep(now)
         if self.reading and self.jobs.spooled():
             self._on_jobs(None, None)  # spool files wake no poller
+        for tally in self._failures.values():
+            tally.tick(now)
         if self._drain_deadline is not None:
             self._drain_step(now)
         self.replier.sweep()
