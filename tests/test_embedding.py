@@ -190,7 +190,7 @@ def test_an_awaited_sync_raise_never_blocks_the_event_loop_and_cancelling_it_lea
         elapsed = time.monotonic() - t0
     assert all(isinstance(d, asyncio.CancelledError) for d in done[:10])
     assert [d.deliveries[0].status for d in done[10:]] == [Status.TIMEOUT] * 10
-    assert all("may still reach the broker" in d.deliveries[0].reason for d in done[10:])
+    assert all(d.deliveries[0].reason.startswith("outcome unknown") for d in done[10:])
     assert elapsed < 1.0 + 1.0
     assert max(b - a for a, b in zip(ticks, ticks[1:])) < 0.25  # the loop ran all along
     assert waiting == {} and loops == {}

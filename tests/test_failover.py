@@ -173,7 +173,7 @@ def test_with_failback_off_the_link_stays_on_the_host_that_works_after_the_prima
                                   reconnect_min=0.1, reconnect_max=0.5, persistent=True)
     evi.subscribe_event("E_STAY", sock)
     with worker_logs() as logs:
-        with workers.serve(evi) as service:
+        with workers.serve(evi, install_logging=True) as service:
             assert evi.raise_event("E_STAY", {"rank": 0, "seq": 0})
             primary.stop_app()
             assert evi.raise_event("E_STAY", {"rank": 0, "seq": 1})

@@ -95,7 +95,7 @@ def test_async_events_nacked_until_they_outgrow_backlog_age_are_dropped_counted_
     evi.subscribe_event("E_NACK", sock)
 
     with worker_logs() as logs:
-        with workers.serve(evi) as service:
+        with workers.serve(evi, install_logging=True) as service:
             for seq in range(101):  # the first fills the queue; the queue never makes room
                 assert evi.raise_event("E_NACK", {"rank": 0, "seq": seq})
             wait_for(lambda: link_stats(service, label).get("dropped_expired") == 100, 10,
