@@ -86,9 +86,10 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote_to_bytes
 
+from ._body import _encodable
 from .errors import SocketSyntaxError, SocketTypeError
 # The body formats a socket may ask for; None means the EventInterface's own.
-from .payload import FORMATS, _encodable
+from .payload import FORMATS
 
 __all__ = [
     "DEFAULT_USER",
