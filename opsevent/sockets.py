@@ -531,7 +531,7 @@ def _check_fields(values: tuple, where: str) -> None:
 
 
 def _check_types(texts, port, tls, persistent, format, tls_domain, where: str) -> None:
-    for name, value in texts + (("tls_domain", tls_domain or ""),):
+    for name, value in texts + (("tls_domain", "" if tls_domain is None else tls_domain),):
         if not isinstance(value, str):
             raise SocketTypeError(
                 f"{where}: {name} must be a str, not {type(value).__name__}")
