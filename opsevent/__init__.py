@@ -8,10 +8,13 @@ imports only the standard library, and a test keeps it that way.
 
 Modules: ``sockets`` (the guide's socket syntax, and the extended one:
 OpenSIPS 3.2 parameters, vhost, tls, per-socket format, failover hosts),
-``payload`` (event bodies in the guide's line format or, through
-``jsonrpc``, as the JSON-RPC notification of OpenSIPS 3.1.1+; the format is
-chosen per EventInterface and per socket), ``subscriptions``,
-``messageid`` (the id every message of a raise carries) and ``interface``.
+``payload`` (event bodies in the guide's line format, through ``jsonrpc``
+as the JSON-RPC notification of OpenSIPS 3.1.1+, or through ``opensips`` as
+the bytes OpenSIPS 1.8-3.0 send; the format is chosen per EventInterface and
+per socket), ``subscriptions``, ``messageid`` (the id every message of a
+raise carries), ``interface``, ``tlsdomain`` (the files a
+``tls_domain=NAME`` socket uses) and ``consumer`` (reading events on the
+consuming side, whoever published them).
 """
 
 from .errors import (
@@ -31,9 +34,11 @@ from .interface import (
     Status,
     Transport,
 )
+from .consumer import ReceivedEvent, read_event
 from .payload import MAX_BODY_SIZE, decode_event, encode_event
 from .sockets import RabbitMQSocket, parse_socket
 from .subscriptions import Subscription, Subscriptions
+from .tlsdomain import TLSDomain
 
 __all__ = [
     "OpseventError",
@@ -47,6 +52,8 @@ __all__ = [
     "parse_socket",
     "encode_event",
     "decode_event",
+    "read_event",
+    "ReceivedEvent",
     "MAX_BODY_SIZE",
     "Subscription",
     "Subscriptions",
@@ -54,6 +61,7 @@ __all__ = [
     "Delivery",
     "RaiseResult",
     "Settings",
+    "TLSDomain",
     "Transport",
     "EventInterface",
 ]

@@ -29,6 +29,7 @@ from .messageid import check_message_id, new_message_id
 from .payload import FORMATS, Params, _items, check_event_name, encode_event
 from .sockets import RabbitMQSocket, parse_socket
 from .subscriptions import Subscriptions
+from .tlsdomain import TLSDomain, check_tls_domains, find_tls_domain
 
 __all__ = ["Status", "Delivery", "RaiseResult", "Settings", "Transport",
            "EventInterface"]
@@ -138,8 +139,9 @@ class Settings:
         dropped, counted and logged instead of flushed late; > 0.
     format ("lines")
         The body format of subscribers whose socket has no ``format=``:
-        ``"lines"`` (the guide's line format) or ``"json"`` (the JSON-RPC
-        notification of OpenSIPS 3.1.1+); see :mod:`opsevent.payload`.
+        ``"lines"`` (the guide's line format), ``"json"`` (the JSON-RPC
+        notification of OpenSIPS 3.1.1+) or ``"opensips"`` (the bytes
+        OpenSIPS 1.8-3.0 send); see :mod:`opsevent.payload`.
     tls_ca_file (None)
         PEM file of the CA(s) that sign the brokers' certificates. Sockets
         with ``tls`` need it: without it the worker fails their events
@@ -152,6 +154,14 @@ class Settings:
     tls_verify_hostname (True)
         Check that the broker's certificate names the host of the socket.
         False still verifies the chain against ``tls_ca_file``.
+    tls_domains (())
+        Named TLS domains for sockets with ``tls_domain=NAME`` (OpenSIPS
+        3.2's syntax): a mapping of name to :class:`TLSDomain` (CA file,
+        client certificate and key, hostname check) or to a mapping of its
+        fields; kept as ``((name, TLSDomain), ...)``. Such a socket connects
+        with its domain's files instead of the four ``tls_*`` settings
+        above; subscribing one whose domain is not here is refused
+        (:mod:`opsevent.tlsdomain`).
     failback_interval (5.0)
         While a socket with failover hosts is on one of them, how often the
         worker tries the primary host again, and returns to it once it
@@ -183,6 +193,7 @@ class Settings:
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     tls_verify_hostname: bool = True
+    tls_domains: tuple[tuple[str, TLSDomain], ...] = ()
     failback_interval: float = 5.0
     failback: bool = True
     spread_hosts: bool = False
@@ -214,6 +225,7 @@ class Settings:
                 f"reconnect_max ({self.reconnect_max}) is less than "
                 f"reconnect_min ({self.reconnect_min})")
         _check_tls(self)
+        object.__setattr__(self, "tls_domains", check_tls_domains(self.tls_domains))
 
 
 _RESULTS_KEPT = 1024  # events whose last deliveries are kept for reuse
@@ -369,7 +381,13 @@ class EventInterface:
         replaces the earlier socket, in its place, and its expire with the
         new one (as OpenSIPS's MI ``event_subscribe`` refreshes it).
         """
-        return self.subscriptions.add(event, _as_socket(socket), expire)
+        socket = _as_socket(socket)
+        if socket.tls_domain is not None:
+            try:
+                find_tls_domain(self.settings.tls_domains, socket.tls_domain)
+            except ConfigError as err:
+                raise ConfigError(f"rabbitmq socket {str(socket)!r}: {err}") from None
+        return self.subscriptions.add(event, socket, expire)
 
     def unsubscribe_event(self, event: str, socket: str | RabbitMQSocket) -> bool:
         """Unsubscribe *socket* from *event*; False if it was not subscribed."""

@@ -1,6 +1,6 @@
 r"""Event bodies: the text of one raised event, as the bytes of one AMQP message.
 
-Two formats, chosen per EventInterface (``format`` setting) and per socket
+Three formats, chosen per EventInterface (``format`` setting) and per socket
 (its ``format=`` parameter):
 
 ``"lines"`` (the default)
@@ -9,21 +9,42 @@ Two formats, chosen per EventInterface (``format`` setting) and per socket
     The JSON-RPC notification of OpenSIPS 3.1.1 and later:
     ``{"jsonrpc":"2.0","method":"E_PIKE_BLOCKED","params":{"ip":"192.168.2.11"}}``.
     Its exact rules are in :mod:`opsevent.jsonrpc`.
+``"opensips"``
+    The bytes OpenSIPS 1.8-3.0 really send, which are not the guide's
+    grammar: no newline at the end, a value quoted only when it has a
+    newline: ``E_PIKE_BLOCKED\nip::192.168.2.11``. Its exact rules are in
+    :mod:`opsevent.opensips`.
 
-``encode_event(name, params, format="lines")`` writes either;
-``decode_event(body)`` reads either. It reads a body as JSON when it starts
-with the two bytes ``{"`` and as lines otherwise. That is exact: a
-line-format body starts with its event name, and an event name cannot
-contain ``"``, so no line-format body starts with ``{"`` (an event named
-``{x`` is still read as lines), while every JSON body the encoder writes
-starts with ``{"jsonrpc"``. A JSON body that opens with whitespace
-(``{ "jsonrpc"...``) is not detected: pass ``format="json"``.
+``encode_event(name, params, format="lines")`` writes any of them;
+``decode_event(body, format=None)`` reads any of them.
 
-What comes back differs in one way: the line format gives every value back
+Telling the formats apart (``format=None``, :func:`detect_format`), in order:
+
+1. A body that starts with the two bytes ``{"`` is JSON: every JSON-RPC body
+   OpenSIPS writes starts ``{"jsonrpc"`` (3.1.1+) or ``{"id":null`` (3.1.0),
+   and no line body does, since an event name cannot contain ``"`` (an
+   event named ``{x`` is still read as lines). A JSON body that opens with
+   whitespace (``{ "jsonrpc"...``) is not detected: pass ``format="json"``.
+2. A body that ends with a newline is the guide's format: every guide-format
+   body ends with one.
+3. Any other body is OpenSIPS 1.8-3.0's: theirs never end with a newline,
+   unless their last parameter is an empty unnamed value. Such a body
+   (``E\nvalue\n``) is read as the guide's format, where it means something
+   else: pass ``format="opensips"`` (or use the content type, as
+   :func:`opsevent.consumer.read_event` does).
+
+What comes back differs in one way: the line formats give every value back
 as text (``7`` and None are written ``7`` and an empty value), the JSON
 format gives values back as they were typed (int, None or str). Either
 way, ``encode_event(*decode_event(body), format=F) == body`` for a body
-the encoder wrote in format F.
+the encoder wrote in format F (in ``opensips`` only when it ends without a
+newline, or with ``format="opensips"`` given). A body that is not UTF-8
+(OpenSIPS copies a value's bytes as they are) is read all the same: each
+byte that is not part of UTF-8 text comes back as a lone surrogate
+U+DC80..U+DCFF, as Python's ``surrogateescape`` does, so
+``value.encode("utf-8", "surrogateescape")`` gives the original bytes; such
+a value cannot be raised again as it is (the encoders refuse lone
+surrogates).
 
 Line format grammar (admin guide 1.2, made exact; LF is "\n", CR is "\r")::
 
@@ -58,62 +79,56 @@ Writing rules. The encoder follows them and the decoder enforces them, so
   with any certainty.
 * The body is UTF-8, NUL included, and at most ``MAX_BODY_SIZE`` (16384)
   bytes (guide FAQ 2.1). A bigger event is refused, never truncated. The
-  same limit holds for JSON bodies.
+  same limit holds in the other formats.
 """
 
 import re
-import sys
 from collections.abc import Iterable, Mapping
 
+from . import _body
+from ._body import (
+    MAX_BODY_SIZE,
+    _as_pair,
+    _check_name_given,
+    _encodable,
+    _fail,
+    _items,
+    _NAME_HINT,
+    _value_text,
+    _where,
+    check_event_name,
+)
 from .errors import (
     ConfigError,
     EventSyntaxError,
     EventTooLargeError,
-    EventValueTypeError,
-    PayloadDecodeError,
     PayloadTypeError,
 )
+from .jsonrpc import decode_jsonrpc as _decode_jsonrpc
+from .jsonrpc import encode_jsonrpc as _encode_jsonrpc
+from .opensips import decode_opensips as _decode_opensips
+from .opensips import encode_opensips as _encode_opensips
 
 __all__ = ["MAX_BODY_SIZE", "FORMATS", "encode_event", "decode_event",
-           "check_event_name"]
+           "detect_format", "check_event_name"]
 
-MAX_BODY_SIZE = 16384
-# The body formats: the guide's line format (the default) and JSON-RPC.
-FORMATS = ("lines", "json")
+# The body formats: the guide's line format (the default), JSON-RPC, and
+# the line format OpenSIPS 1.8-3.0 really writes.
+FORMATS = ("lines", "json", "opensips")
 
 Value = str | int | None
 Params = Mapping[str | None, Value] | Iterable[tuple[str | None, Value]]
 
-# Characters that force quotes in a value and are never allowed in a name.
-_SPECIAL = re.compile(r'[,"\n\r]')
+# Bound by assignment, not by import: CPython 3.11 compiles a method call on
+# an imported name as an attribute load (modules are the usual case), which
+# cost encode_event about 70 ns per search. Keep it this way.
+_SPECIAL = _body._SPECIAL
 # Everything that makes a parameter name unreadable, as one search.
 _BAD_PARAM_NAME = re.compile(r'[,"\n\r]|::|:\Z')
 # A quoted value; possessive so a long unterminated one fails in linear time.
 _QUOTED = re.compile(r'"((?:[^"\\]++|\\["\\])*+)"')
 _QUOTED_PREFIX = re.compile(r'"(?:[^"\\]++|\\["\\])*+')
 _UNESCAPE = re.compile(r'\\(["\\])')
-_NAME_HINT = 'names cannot contain "," \'"\' CR or LF'
-
-
-def check_event_name(name: str) -> str:
-    """Return *name* if it can be an event name, else raise EventSyntaxError."""
-    if not isinstance(name, str):
-        raise EventValueTypeError(
-            f"event name must be a str, not {type(name).__name__}")
-    if not name:
-        raise EventSyntaxError("event name is empty")
-    bad = _SPECIAL.search(name)
-    if bad:
-        raise EventSyntaxError(
-            f"event name {name!r} has {bad.group()!r} at position "
-            f"{bad.start()}; {_NAME_HINT}")
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError as err:
-        raise EventSyntaxError(
-            f"event name {name!r} has a lone surrogate at position "
-            f"{err.start}; it cannot be sent as UTF-8") from None
-    return name
 
 
 def encode_event(name: str, params: Params = (), format: str = "lines") -> bytes:
@@ -121,16 +136,20 @@ def encode_event(name: str, params: Params = (), format: str = "lines") -> bytes
 
     *params* is a mapping of name to value, or an iterable of
     ``(name, value)`` pairs where a None name makes an unnamed value. Values
-    are str, int or None. *format* is ``"lines"`` (the guide's) or
-    ``"json"`` (JSON-RPC, :mod:`opsevent.jsonrpc`; it also refuses a mix of
-    named and unnamed parameters and a name given twice). Raises
-    EventSyntaxError (EventValueTypeError for a wrong type) naming the bad
-    parameter, EventTooLargeError when the body would be over MAX_BODY_SIZE,
-    and ConfigError for an unknown *format*.
+    are str, int or None. *format* is ``"lines"`` (the guide's), ``"json"``
+    (JSON-RPC, :mod:`opsevent.jsonrpc`; it also refuses a mix of named and
+    unnamed parameters and a name given twice) or ``"opensips"`` (OpenSIPS
+    1.8-3.0's bytes, :mod:`opsevent.opensips`; it refuses what would not
+    read back). Raises EventSyntaxError (EventValueTypeError for a wrong
+    type) naming the bad parameter, EventTooLargeError when the body would
+    be over MAX_BODY_SIZE, and ConfigError for an unknown *format*.
     """
     if format != "lines":
+        # json first and opensips after: the default formats pay nothing more.
         if format == "json":
             return _encode_jsonrpc(name, params)
+        if format == "opensips":
+            return _encode_opensips(name, params)
         _bad_format(format)
     # This runs on every raise: the common case costs a few regex searches,
     # one join and one encode. The helpers only run to explain an error.
@@ -163,45 +182,6 @@ def encode_event(name: str, params: Params = (), format: str = "lines") -> bytes
     return body
 
 
-def _items(name: str, params: Params) -> Iterable:
-    if isinstance(params, Mapping):
-        return params.items()
-    if params is None:
-        return ()
-    if isinstance(params, (str, bytes, bytearray)) or not isinstance(
-            params, Iterable):
-        raise EventValueTypeError(
-            f"params of event {name!r} must be a mapping or an iterable of "
-            f"(name, value) pairs, not {type(params).__name__}")
-    return params
-
-
-def _as_pair(name: str, index: int, pair) -> tuple:
-    # A str of length 2 would unpack into two characters: refuse it.
-    if isinstance(pair, (list, tuple)) and len(pair) == 2:
-        return tuple(pair)
-    raise EventValueTypeError(
-        f"parameter at index {index} of event {name!r} is not a (name, value) "
-        f"pair but a {type(pair).__name__}")
-
-
-def _where(name: str, index: int, key) -> str:
-    if key is None:
-        return f"unnamed parameter at index {index} of event {name!r}"
-    return f"parameter {key!r} of event {name!r}"
-
-
-def _check_name_given(name: str, index: int, key) -> str:
-    """What both formats ask of a parameter name: a non-empty str. Returns where it is."""
-    where = f"parameter name at index {index} of event {name!r}"
-    if not isinstance(key, str):
-        raise EventValueTypeError(
-            f"{where} must be a str or None, not {type(key).__name__}")
-    if not key:
-        raise EventSyntaxError(f"{where} is empty (use None for an unnamed value)")
-    return where
-
-
 def _check_param_name(name: str, index: int, key) -> None:
     where = _check_name_given(name, index, key)
     bad = _BAD_PARAM_NAME.search(key)
@@ -214,39 +194,6 @@ def _check_param_name(name: str, index: int, key) -> None:
     else:
         problem = f"has {bad.group()!r} at position {bad.start()}; {_NAME_HINT}"
     raise EventSyntaxError(f"{where}, {key!r}, {problem}")
-
-
-def _value_text(name: str, index: int, key, value) -> str:
-    """The text of a value that is not a plain str."""
-    if value is None:
-        return ""
-    # int.__repr__ and str.__str__ so subclasses (IntEnum...) give plain text.
-    if isinstance(value, int) and not isinstance(value, bool):
-        return _int_text(name, index, key, value)
-    if isinstance(value, str):
-        return str.__str__(value)
-    _value_type_error(name, index, key, value)
-
-
-def _int_text(name: str, index: int, key, value: int) -> str:
-    """The decimal text of an int; refused (not a bare ValueError) past Python's digit limit."""
-    try:
-        return int.__repr__(value)
-    except ValueError:  # over sys.get_int_max_str_digits() digits (Python >= 3.11)
-        raise EventSyntaxError(
-            f"{_where(name, index, key)} is an int of more than {sys.get_int_max_str_digits()} "
-            f"digits; send it as a str") from None
-
-
-def _value_type_error(name: str, index: int, key, value):
-    """Raise the error for a value that is not str, int or None."""
-    if isinstance(value, bool):
-        raise EventValueTypeError(
-            f"{_where(name, index, key)} is a bool, which is ambiguous; pass "
-            f"an int (1/0) or a str ('true'/'false')")
-    raise EventValueTypeError(
-        f"{_where(name, index, key)} is a {type(value).__name__}; values must "
-        f"be str, int or None")
 
 
 def _bad_format(format):
@@ -274,40 +221,56 @@ def _explain_unencodable(parts: list[str]):
     raise AssertionError("unreachable: the joined parts did not encode")
 
 
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+def detect_format(body: bytes) -> str:
+    """The format :func:`decode_event` reads *body* in when it is given none.
+
+    ``"json"`` when it starts with ``{"``, ``"lines"`` when it ends with a
+    newline, else ``"opensips"`` (module docstring, "Telling the formats
+    apart").
+    """
+    if body[:2] == b'{"':
+        return "json"
+    if body[-1:] == b"\n":
+        return "lines"
+    return "opensips"
 
 
 def decode_event(body: bytes, format: str | None = None
                  ) -> tuple[str, list[tuple[str | None, str | int | None]]]:
-    """Read a body written by :func:`encode_event`: ``(name, [(param, value)])``.
+    """Read an event body: ``(name, [(param, value)])``.
 
-    *format* is ``"lines"``, ``"json"`` or None to tell them apart: a body
-    that starts with ``{"`` is JSON, any other is lines (module docstring).
-    Unnamed values come with a None name. Line-format values come back as
-    text; JSON values as they were typed (str, int or None). Raises
-    PayloadDecodeError with the byte offset and line of the first problem,
-    and ConfigError for an unknown *format*.
+    *format* is ``"lines"``, ``"json"``, ``"opensips"``, or None to tell
+    them apart (:func:`detect_format`). Unnamed values come with a None
+    name. Line-format values (both kinds) come back as text; JSON values as
+    they were typed (str, int or None). A body that is not UTF-8 is read all
+    the same: each byte that is not part of UTF-8 text comes back as a lone
+    surrogate U+DC80..U+DCFF (``value.encode("utf-8", "surrogateescape")``
+    gives the bytes back). Raises PayloadDecodeError with the byte offset
+    and line of the first problem, and ConfigError for an unknown *format*.
     """
     if not isinstance(body, (bytes, bytearray, memoryview)):
         raise PayloadTypeError(
             f"an event body must be bytes, not {type(body).__name__}")
     data = bytes(body)
     if format is None:
-        format = "json" if data.startswith(b'{"') else "lines"
+        format = detect_format(data)
     elif format not in FORMATS:
         _bad_format(format)
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise PayloadDecodeError(
-            f"event body is not valid UTF-8 at byte {err.start}") from None
+        text, raw = data.decode("utf-8"), False
+    except UnicodeDecodeError:
+        # OpenSIPS copies values byte for byte: a Latin-1 SIP body goes out
+        # as it came. Read it rather than refuse the whole event.
+        text, raw = data.decode("utf-8", "surrogateescape"), True
     if format == "json":
-        return _decode_jsonrpc(text)
+        return _decode_jsonrpc(text, raw)
+    if format == "opensips":
+        return _decode_opensips(text)
+    return _decode_lines(text)
+
+
+def _decode_lines(text: str) -> tuple[str, list[tuple[str | None, str]]]:
+    """Read a guide-format body (module docstring), already decoded."""
     end = text.find("\n")
     if end < 0:
         _fail(text, len(text), "the event name is not followed by a newline")
@@ -371,14 +334,3 @@ def _check_plain(text: str, pos: int, part: str, what: str, rule: str) -> None:
     bad = _SPECIAL.search(part)
     if bad:
         _fail(text, pos + bad.start(), f"{what} has {bad.group()!r}, which {rule}")
-
-
-def _fail(text: str, pos: int, problem: str):
-    offset = len(text[:pos].encode("utf-8"))
-    line = text.count("\n", 0, pos) + 1
-    raise PayloadDecodeError(f"event body, byte {offset} (line {line}): {problem}")
-
-
-# Last, because opsevent.jsonrpc builds on the helpers above.
-from .jsonrpc import decode_jsonrpc as _decode_jsonrpc  # noqa: E402
-from .jsonrpc import encode_jsonrpc as _encode_jsonrpc  # noqa: E402

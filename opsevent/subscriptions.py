@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import astuple, dataclass
+from dataclasses import fields as dataclass_fields
 
 from .errors import EventSyntaxError, SocketTypeError
 from .payload import check_event_name
@@ -244,12 +245,18 @@ class Subscriptions:
         for event, fields, expires_at, expire in json.loads(data):
             if expires_at is not None and expires_at <= now:
                 continue
-            fields = tuple(fields[:-1]) + (tuple(map(tuple, fields[-1])),)
+            # JSON made the failover pairs lists: tuples again, so the
+            # fields compare equal to a held socket's astuple().
+            fields[_FAILOVER] = tuple(map(tuple, fields[_FAILOVER]))
+            fields = tuple(fields)
             socket = known.get(fields) or RabbitMQSocket(*fields)
             table[event] = table.get(event, ()) + (socket,)
             if expires_at is not None:
                 deadlines[(event, socket)] = (expires_at, expire)
         self._set(table, deadlines)
+
+
+_FAILOVER = [f.name for f in dataclass_fields(RabbitMQSocket)].index("failover")
 
 
 def _encode(table: Mapping, deadlines: Mapping) -> bytes:

@@ -135,8 +135,8 @@ def _where_pairs_go_wrong(event, given, body_format="lines"):
 
 
 def expected_params(items, body_format="lines"):
-    """What decoding the body gives back: text values in the line format, the values themselves in JSON."""
-    if body_format != "lines":
+    """What decoding the body gives back: text values in the line formats, the values themselves in JSON."""
+    if body_format == "json":
         return [(key, int(value) if isinstance(value, int) else value) for key, value in items]
     out = []
     with any_int_digits():
@@ -200,7 +200,8 @@ def test_any_params_are_accepted_and_round_trip_or_refused_naming_the_parameter(
     assert delivery.status is Status.QUEUED
     items = [] if materialised is None else list(
         materialised.items() if isinstance(materialised, Mapping) else materialised)
-    assert decode_event(transport.calls[-1]) == (EVENT, expected_params(items, body_format))
+    # Named, since an OpenSIPS-format body ending in an empty unnamed value reads as the guide's.
+    assert decode_event(transport.calls[-1], body_format) == (EVENT, expected_params(items, body_format))
 
 
 @FUZZ

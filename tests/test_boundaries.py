@@ -31,5 +31,6 @@ def test_the_package_exports_exactly_its_public_names():
         "ConfigError", "RabbitMQSocket", "parse_socket", "encode_event",
         "decode_event", "MAX_BODY_SIZE", "Subscription", "Subscriptions", "Status", "Delivery",
         "RaiseResult", "Settings", "Transport", "EventInterface",
+        "read_event", "ReceivedEvent", "TLSDomain",
     ])
     assert all(hasattr(opsevent, name) for name in opsevent.__all__)

@@ -252,6 +252,20 @@ def test_settings_defaults_are_the_documented_ones():
     ({"tls_verify_hostname": 1}, "tls_verify_hostname must be a bool, not 1"),
     ({"failback": "no"}, "failback must be a bool, not 'no'"),
     ({"spread_hosts": 1}, "spread_hosts must be a bool, not 1"),
+    ({"tls_domains": ["rmq"]}, "tls_domains must map domain names to TLSDomain, not list"),
+    ({"tls_domains": {"": {"ca_file": "ca.pem"}}}, "tls_domains['']: a domain name must be non-empty"),
+    ({"tls_domains": {"a\nb": {"ca_file": "ca.pem"}}}, "a domain name must be non-empty printable text"),
+    ({"tls_domains": {"rmq": "ca.pem"}}, "tls_domains['rmq'] must be a TLSDomain or a mapping of its fields"),
+    ({"tls_domains": {"rmq": {"ca": "ca.pem"}}}, "tls_domains['rmq']: TLSDomain.__init__() got an unexpected"),
+    ({"tls_domains": {"rmq": {"cert_file": "c.pem", "key_file": "c.pem"}}},
+     "tls_domains['rmq']: TLSDomain.__init__() missing 1 required positional argument: 'ca_file'"),
+    ({"tls_domains": {"rmq": {"ca_file": None}}}, "tls_domains['rmq'].ca_file is not set"),
+    ({"tls_domains": {"rmq": {"ca_file": "ca.pem", "cert_file": "c.pem"}}},
+     "tls_domains['rmq']: cert_file and key_file go together"),
+    ({"tls_domains": {"rmq": {"ca_file": 5}}}, "tls_domains['rmq'].ca_file must be a path (str) or None, not int"),
+    ({"tls_domains": {"rmq": {"ca_file": "a\0b"}}}, "tls_domains['rmq'].ca_file must be a non-empty path"),
+    ({"tls_domains": {"rmq": {"ca_file": "ca.pem", "verify_hostname": 0}}},
+     "tls_domains['rmq'].verify_hostname must be a bool, not 0"),
 ])
 def test_a_bad_setting_is_refused_naming_the_parameter_and_value(kwargs, message):
     with pytest.raises(ConfigError) as caught:
@@ -282,6 +296,27 @@ def test_tls_file_settings_take_path_objects_and_keep_them_as_text():
     assert (s.tls_ca_file, s.tls_cert_file, s.tls_key_file) == ("/etc/ca.pem", "c.pem", "c.pem")
 
 
+def test_tls_domains_are_kept_as_name_and_domain_pairs_in_their_order():
+    from opsevent import TLSDomain
+    s = Settings(tls_domains={"rmq": TLSDomain("ca.pem"), "cdr": {"ca_file": pathlib.Path("/etc/cdr-ca.pem"),
+                                                                  "cert_file": "c.pem", "key_file": "c.pem"}})
+    assert s.tls_domains == (("rmq", TLSDomain("ca.pem")),
+                             ("cdr", TLSDomain("/etc/cdr-ca.pem", "c.pem", "c.pem", True)))
+    assert hash(s) == hash(Settings(tls_domains=s.tls_domains))  # still a frozen, hashable value
+    assert Settings().tls_domains == ()
+
+
+def test_a_socket_naming_a_tls_domain_the_settings_lack_is_refused_at_subscribe():
+    evi = EventInterface(tls_domains={"rmq": {"ca_file": "ca.pem"}})
+    assert evi.subscribe_event("E_X", "rabbitmq:u:s3cr3t@mq/tls_domain=rmq?k")
+    with pytest.raises(ConfigError) as caught:
+        evi.subscribe_event("E_X", "rabbitmq:u:s3cr3t@mq/tls_domain=cdr?k")
+    assert str(caught.value) == ("rabbitmq socket 'rabbitmq:u:***@mq:5671/tls_domain=cdr?k': tls_domain 'cdr' "
+                                 "is not in the tls_domains setting (the domains are 'rmq')")
+    with pytest.raises(ConfigError, match="no tls_domains are set"):
+        EventInterface().subscribe_event("E_X", "rabbitmq:mq/tls_domain=rmq?k")
+
+
 def test_an_unknown_setting_is_refused_by_name():
     with pytest.raises(ConfigError, match="unknown setting.* heartbeet"):
         EventInterface(heartbeet=3)
@@ -308,8 +343,9 @@ LINES_PIKE = "rabbitmq:127.0.0.1/format=lines?pike"
 def test_the_format_setting_defaults_to_lines_and_is_validated():
     assert Settings().format == "lines"
     assert EventInterface(format="json").settings.format == "json"
+    assert EventInterface(format="opensips").settings.format == "opensips"
     for bad in ("xml", "JSON", None, 1):
-        with pytest.raises(ConfigError, match="format must be one of 'lines', 'json'"):
+        with pytest.raises(ConfigError, match="format must be one of 'lines', 'json', 'opensips'"):
             EventInterface(format=bad)
 
 

@@ -164,6 +164,15 @@ def test_json_with_whitespace_needs_the_format_named():
     assert decode_event(b'{"method":"E_X","jsonrpc":"2.0","params":[]}') == ("E_X", [])
 
 
+def test_a_body_that_is_not_utf8_is_read_with_its_bytes_as_lone_surrogates():
+    # cJSON passes every byte >= 0x7f through, so OpenSIPS 3.1 can send these.
+    body = b'{"jsonrpc":"2.0","method":"E\xff","params":{"msg":"caf\xe9"}}'
+    assert decode_event(body) == ("E\udcff", [("msg", "caf\udce9")])
+    # in a UTF-8 body a lone surrogate can only be an escape: still refused
+    with pytest.raises(PayloadDecodeError, match="a value has a lone surrogate"):
+        decode_event(_HEAD + b',"params":["\\udc80"]}')
+
+
 def test_naming_the_format_reads_only_that_format():
     with pytest.raises(PayloadDecodeError, match="must be a JSON object"):
         decode_event(b"E_X\n", format="json")
@@ -209,7 +218,7 @@ BAD_BODIES = [
     (b'{"jsonrpc', "byte 1 (line 1): bad JSON: Unterminated string"),
     (b'{"', "byte 1 (line 1): bad JSON: Unterminated string"),
     ('{"jsonrpc":"2.0","method":"\u00e9,"}'.encode(), "byte 26 (line 1)"),
-    (b'{"jsonrpc":"2.0","method":"E\xff"}', "not valid UTF-8 at byte 28"),
+    (b'{"jsonrpc":"2.0","method":"\xff,"}', "byte 26 (line 1): \"method\" is not an event name"),
 ]
 
 
@@ -284,5 +293,76 @@ def test_decode_either_raises_a_decode_error_or_gives_an_encodable_event(body):
     except PayloadDecodeError as error:
         assert "byte" in str(error)
         return
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return  # read with its odd bytes as lone surrogates, which cannot be sent again
     # Whatever decodes can be sent again, and reads back the same.
     assert decode_event(json_body(*decoded)) == decoded
+
+
+# --- byte for byte with OpenSIPS 3.1's cJSON ------------------------------
+
+_CJSON_ESCAPES = {0x22: b'\\"', 0x5C: b"\\\\", 0x08: b"\\b", 0x0C: b"\\f",
+                  0x0A: b"\\n", 0x0D: b"\\r", 0x09: b"\\t"}
+
+
+def cjson_string(text: str) -> bytes:
+    """lib/cJSON.c print_string_ptr, byte by byte over the UTF-8 text (as C sees a char *)."""
+    out = bytearray(b'"')
+    for byte in text.encode("utf-8"):
+        if byte > 31 and byte not in (0x22, 0x5C):
+            out.append(byte)  # 0x7f and every byte of a multi-byte character: raw
+        else:
+            out += _CJSON_ESCAPES.get(byte, b"\\u%04x" % byte)
+    return bytes(out + b'"')
+
+
+def cjson_value(value) -> bytes:
+    if value is None:
+        return b"null"  # 3.1.1+: a str param with a NULL pointer
+    if isinstance(value, int):
+        return b"%d" % value  # print_number: an int-valued double prints with "%d"
+    return cjson_string(value)
+
+
+def opensips_3_1_body(name: str, params: list) -> bytes:
+    """evi_build_payload() + cJSON_PrintUnformatted, rebuilt from the C code."""
+    body = b'{"jsonrpc":"2.0","method":' + cjson_string(name)
+    if params:
+        if params[0][0] is not None:  # decided from the first parameter, as OpenSIPS does
+            members = b",".join(cjson_string(key) + b":" + cjson_value(value) for key, value in params)
+            body += b',"params":{' + members + b"}"
+        else:
+            body += b',"params":[' + b",".join(cjson_value(value) for _, value in params) + b"]"
+    return body + b"}"
+
+
+# OpenSIPS params are C strings (a NUL ends them) and C ints.
+_c_text = st.text(alphabet=st.characters(exclude_categories=("Cs",), exclude_characters="\0"),
+                  max_size=30)
+_c_values = _c_text | st.integers(-(2 ** 31), 2 ** 31 - 1) | st.none()
+_c_names = st.text(alphabet=st.characters(exclude_categories=("Cs",), exclude_characters="\0"),
+                   min_size=1, max_size=12)
+_c_event_names = st.text(alphabet=st.characters(exclude_categories=("Cs",),
+                                                exclude_characters=',"\n\r\0'),
+                         min_size=1, max_size=20)
+_c_params = (st.lists(st.tuples(_c_names, _c_values), max_size=8, unique_by=lambda pair: pair[0])
+             | st.lists(st.tuples(st.none(), _c_values), max_size=8))
+
+
+@settings(max_examples=1000)
+@given(_c_event_names, _c_params)
+def test_the_json_body_is_byte_for_byte_what_opensips_3_1s_cjson_writes(name, params):
+    assert json_body(name, params) == opensips_3_1_body(name, params)
+
+
+@pytest.mark.parametrize("value, written", [
+    ("\x01\x07\x08\x0b\x0c\x1f", b'"\\u0001\\u0007\\b\\u000b\\f\\u001f"'),
+    ("\x7f\x80\u2028\U0001f600", '"\x7f\x80\u2028\U0001f600"'.encode()),
+    ("/", b'"/"'),                                   # cJSON does not escape '/'
+    ('\\"', b'"\\\\\\""'),
+])
+def test_cjsons_escapes_are_the_writers_escapes(value, written):
+    assert cjson_string(value) == written  # the model itself, against literal bytes
+    assert json_body("E_X", [(None, value)]) == _HEAD + b',"params":[' + written + b"]}"

@@ -11,7 +11,9 @@ import time
 import pytest
 
 import opsevent
+import opsevent.consumer
 import workers
+import workers.rabbitmq
 from opsevent import MAX_BODY_SIZE, Status, parse_socket
 from tests.helpers import wait_for
 from workers import job
@@ -50,6 +52,8 @@ PROPERTY_CASES = [
     ("/{q}", {"format": "json"}, "application/json", None),
     ("/format=lines;persistent?{q}", {"format": "json", "app_id": "sbc-7"}, "text/plain", 2),
     ("/{q}", {"event_header": False}, "text/plain", None),
+    ("/format=opensips?{q}", {}, "text/x-opensips-event", None),
+    ("/persistent?{q}", {"format": "opensips"}, "text/x-opensips-event", 2),   # 3.2's bare flag
 ]
 
 
@@ -72,6 +76,27 @@ def test_every_message_carries_its_content_type_delivery_mode_event_header_time_
         assert before <= props.timestamp <= after
         assert opsevent.decode_event(body)[0] == "E_PROPS"
     assert len({props.message_id for props, _ in messages}) == 3  # one id per event
+
+
+def test_the_consumer_helper_knows_every_content_type_the_worker_gives():
+    assert opsevent.consumer.CONTENT_TYPES == workers.rabbitmq.CONTENT_TYPES
+
+
+def test_an_event_goes_out_through_a_fanout_exchange_with_an_empty_routing_key(broker, queue_name):
+    conn = broker.connect()
+    try:
+        channel = conn.channel()
+        channel.queue_declare(queue_name, auto_delete=True)
+        channel.queue_bind(queue_name, "amq.fanout")
+        evi = opsevent.EventInterface(sync_mode=True)
+        evi.subscribe_event("E_FANOUT", f"rabbitmq:{broker.host}:{broker.port}/amq.fanout?")
+        with workers.serve(evi, install_logging=False):
+            result = evi.raise_event("E_FANOUT", {"n": 1})
+        assert [d.status for d in result.deliveries] == [Status.CONFIRMED], result.failures
+        method, _props, body = channel.basic_get(queue_name, auto_ack=True)
+        assert (method.exchange, method.routing_key, body) == ("amq.fanout", "", b"E_FANOUT\nn::1\n")
+    finally:
+        conn.close()
 
 
 def test_each_subscribers_copy_of_one_event_has_the_same_message_id(broker, queue_name):

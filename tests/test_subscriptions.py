@@ -230,15 +230,18 @@ def test_a_good_expire_is_stored_as_float_seconds(expire, stored):
 def test_a_dumped_table_loads_back_equal_in_every_field_and_order():
     clock = Clock()
     table = Subscriptions(clock)
-    secret = parse_socket("rabbitmq:u:p%40ss@mq1,mq2:5673/vhost=v;tls;persistent;format=json?k")
+    secret = parse_socket("rabbitmq:u:p%40ss@mq1,mq2:5673/vhost=v;tls_domain=rmq;persistent;format=opensips?k")
+    fanout = parse_socket("rabbitmq:mq/amq.fanout?")
     table.add("E_X", secret, expire=30)
     table.add("E_X", PIKE)
     table.add("E_Y", SIPMSG)
+    table.add("E_Y", fanout)
     copy = Subscriptions(clock)
     copy.load(table.dump())
     assert copy.entries() == table.entries()
     first = copy.get("E_X")[0]
-    assert astuple(first) == astuple(secret)  # password, failover, flags and format too
+    assert astuple(first) == astuple(secret)  # password, failover, flags, format and tls_domain too
+    assert astuple(copy.get("E_Y")[1]) == astuple(fanout)
 
 
 def test_loading_leaves_out_what_expired_meanwhile_and_keeps_equal_sockets_as_they_were():

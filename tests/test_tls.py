@@ -182,3 +182,50 @@ def test_a_failed_handshake_is_explained_by_what_the_tls_layer_said_and_whether_
         error, client_cert, says):
     reason = tls.explain(error, "/etc/opsevent/ca.pem", client_cert)
     assert reason is None if says is None else says in reason, reason
+
+
+# --- OpenSIPS 3.2's tls_domain=NAME: a named set of TLS files -------------------------------
+
+def test_a_tls_domain_socket_connects_with_its_domains_files_and_a_bare_tls_socket_with_the_settings(
+        mtls_broker, pki, queue_name):
+    mine, theirs = queue_name, queue_name + ".bare"
+    for q in (mine, theirs):
+        declare_queue(mtls_broker, q)
+    # The tls_* settings are wrong for this broker; the domain is right.
+    evi = opsevent.EventInterface(
+        sync_mode=True, sync_timeout=3.0, connect_timeout=2.0, tls_ca_file=pki["stranger-ca.pem"],
+        tls_domains={"rmq": opsevent.TLSDomain(ca_file=pki["ca.pem"], cert_file=pki["client.pem"],
+                                               key_file=pki["client.key"])})
+    evi.subscribe_event("E_TLS", f"rabbitmq:localhost:{mtls_broker.tls_port}/tls_domain=rmq?{mine}")
+    evi.subscribe_event("E_TLS", tls_socket(mtls_broker, theirs))
+    with workers.serve(evi, install_logging=False):
+        by_domain, bare = evi.raise_event("E_TLS", {"n": 1}).deliveries
+    assert by_domain.status is Status.CONFIRMED, by_domain.reason
+    assert bare.status is Status.FAILED and pki["stranger-ca.pem"] in bare.reason, bare.reason
+    assert consume(mtls_broker, mine, 1, timeout=5) == [encode_event("E_TLS", {"n": 1})]
+
+
+@pytest.mark.parametrize("domain, expected", [
+    ({"ca_file": "{missing}"}, "tls_domains['rmq'].ca_file '{missing}' cannot be read"),
+    ({"ca_file": "{ca}", "cert_file": "{ca}", "key_file": "{ca}"},
+     "tls_domains['rmq'].cert_file '{ca}' and tls_domains['rmq'].key_file '{ca}' are not a usable PEM"),
+    (None, "the socket names tls_domain 'rmq' is not in the tls_domains setting (no tls_domains are set)"),
+])
+def test_a_tls_domain_the_worker_cannot_use_fails_the_raise_naming_the_domain(pki, tmp_path, domain, expected):
+    paths = {"missing": str(tmp_path / "missing.pem"), "ca": pki["ca.pem"]}
+    domains = {} if domain is None else {"rmq": {k: v.format(**paths) for k, v in domain.items()}}
+    settings = opsevent.Settings(tls_domains=domains)
+    # Straight to the worker's side: subscribe_event would refuse the unknown domain first.
+    with pytest.raises(tls.TLSSetupError) as caught:
+        tls.client_context(tls.settings_for(settings, parse_socket("rabbitmq:localhost/tls_domain=rmq?q")))
+    assert expected.format(**paths) in str(caught.value)
+
+
+def test_the_domain_stands_in_for_the_four_tls_settings_only():
+    settings = opsevent.Settings(heartbeat=7, tls_ca_file="/etc/ca.pem", tls_domains={
+        "rmq": opsevent.TLSDomain("/etc/rmq-ca.pem", "/etc/c.pem", "/etc/c.key", verify_hostname=False)})
+    seen = tls.settings_for(settings, parse_socket("rabbitmq:mq/tls_domain=rmq?k"))
+    assert (seen.tls_ca_file, seen.tls_cert_file, seen.tls_key_file, seen.tls_verify_hostname) == (
+        "/etc/rmq-ca.pem", "/etc/c.pem", "/etc/c.key", False)
+    assert seen.heartbeat == 7 and seen.tls_domains == settings.tls_domains
+    assert tls.settings_for(settings, parse_socket("rabbitmq:mq/tls;?k")) is settings

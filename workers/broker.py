@@ -191,8 +191,9 @@ class RunningBroker:
 
         Grammar: ``rabbitmq:[user[:password]@]host[:port]/[exchange?]routing_key``,
         or ``.../tls;[exchange=E]?routing_key`` with ``tls``.
-        Characters that would break the split (``% @ : / ?``, space, non-ASCII)
-        are %-encoded; opsevent's parser decodes every field.
+        Characters that would break the split (``% @ : / ? , ; =``, space) are
+        %-encoded, other characters written as they are; opsevent's parser
+        decodes every field.
         """
         if password is not None and user is None:
             raise ValueError("a password needs a user")
@@ -205,6 +206,8 @@ class RunningBroker:
             target = f"tls;exchange={_enc(exchange)}" if exchange else "tls;"
             return f"rabbitmq:{auth}{self.host}:{self.tls_port}/{target}?{_enc(routing_key)}"
         target = f"{_enc(exchange)}?{_enc(routing_key)}" if exchange else _enc(routing_key)
+        if exchange in ("tls", "persistent"):  # else it would read as OpenSIPS 3.2's flag
+            target = f"%{ord(exchange[0]):02X}{target[1:]}"
         return f"rabbitmq:{auth}{self.host}:{self.port}/{target}"
 
     def parameters(self, **overrides) -> pika.ConnectionParameters:
@@ -392,8 +395,10 @@ def _tls_config(tls: BrokerTLS, port: int) -> str:
 
 
 def _enc(text: str) -> str:
-    # ',' separates failover hosts and ';' '=' mark socket parameters: encode them.
-    return quote(text, safe="-._~!$&'()*+#")
+    # ',' separates failover hosts and ';' '=' mark socket parameters: encode
+    # them. Only ASCII: the parser decodes nothing else (escapes outside
+    # printable ASCII are refused, as OpenSIPS refuses them).
+    return "".join(c if ord(c) > 127 else quote(c, safe="-._~!$&'()*+#") for c in text)
 
 
 def _alive(pid: int) -> bool:

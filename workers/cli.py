@@ -9,18 +9,24 @@ Usage::
     opsevent subscribers [EVENT]
     opsevent raise EVENT [PARAM ...]
     opsevent stats
+    opsevent listen SOCKET [--queue NAME] [--count N] [--timeout S] [--json] [TLS FILES]
 
-``--socket`` defaults to ``$OPSEVENT_CONTROL``. A raise ``PARAM`` is
+``--socket`` defaults to ``$OPSEVENT_CONTROL``. ``listen`` needs no service:
+it is a consumer of the broker the SOCKET names, and prints each event
+decoded with its properties (``workers/listen.py``); for a TLS socket give
+``--tls-ca-file`` (and ``--tls-cert-file``/``--tls-key-file``). A raise ``PARAM`` is
 ``name=value`` (a string), ``name:=123`` (an integer), or an unnamed value:
 ``value`` (a string without ``=``), ``=value`` (any string), ``:=123`` (an
 integer). Values are strings unless ``:=`` says otherwise, so ``zip=01234``
 stays ``"01234"``.
 
 Output: aligned tables for people, ``--json`` for scripts (the service's
-``result`` as it came). Exit codes: 0 done, 1 the operation failed (the
-service refused it, no service at that path, or a raise not delivered to
-every subscriber: the statuses are shown), 2 a usage error. Sockets are
-always shown with the password masked.
+``result`` as it came; for ``listen``, one JSON object per event). Exit
+codes: 0 done, 1 the operation failed (the service refused it, no service
+at that path, a raise not delivered to every subscriber: the statuses are
+shown, or a listen that could not connect or got fewer than ``--count``
+events in time), 2 a usage error. Sockets are always shown with the
+password masked.
 """
 
 from __future__ import annotations
@@ -32,8 +38,9 @@ import re
 import sys
 import time
 
-from opsevent import OpseventError
+from opsevent import OpseventError, Settings, parse_socket
 from opsevent.subscriptions import check_expire
+from workers import listen
 from workers.control import ControlError, request
 
 ENV_SOCKET = "OPSEVENT_CONTROL"
@@ -106,7 +113,48 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("params", metavar="PARAM", nargs="*",
                      help="name=string, name:=integer, or an unnamed value (value, =value, :=integer)")
     commands.add_parser("stats", parents=[common], help="the RabbitMQ worker's counters")
+    _add_listen(commands)
     return parser
+
+
+def _count_arg(text: str) -> int:
+    if not (_INT.fullmatch(text) and int(text) > 0):
+        raise argparse.ArgumentTypeError(f"a number of events > 0, not {text!r}")
+    return int(text)
+
+
+def _add_listen(commands) -> None:
+    sub = commands.add_parser("listen", help="consume and print the events SOCKET receives (no service needed)")
+    sub.add_argument("socket_text", metavar="SOCKET", help="rabbitmq:[user[:password]@]host[:port]/...")
+    sub.add_argument("--queue", metavar="NAME", help="consume this queue (default: the socket's routing key "
+                                                     "on the default exchange, else a temporary queue bound "
+                                                     "to the socket's exchange and key)")
+    sub.add_argument("--count", type=_count_arg, metavar="N", help="stop after N events")
+    sub.add_argument("--timeout", type=_seconds_arg, metavar="SECONDS", default=argparse.SUPPRESS,
+                     help="stop after SECONDS (default: run until interrupted)")
+    sub.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                     help="one JSON object per event")
+    for name in ("ca", "cert", "key"):
+        sub.add_argument(f"--tls-{name}-file", metavar="PATH", help=f"TLS {name} file (PEM), for a TLS socket")
+    sub.add_argument("--no-verify-hostname", action="store_true",
+                     help="TLS: do not check that the broker's certificate names the host")
+
+
+def listen_main(args, parser) -> int:
+    """``opsevent listen``: parse the socket and TLS files, then consume."""
+    try:
+        sock = parse_socket(args.socket_text)
+        if sock.tls and args.tls_ca_file is None:
+            raise UsageError(f"{sock} uses TLS: give --tls-ca-file (the CA that signed the broker's certificate)")
+        # For a tls_domain=NAME socket too: the files given stand for the domain's.
+        tls_settings = Settings(tls_ca_file=args.tls_ca_file, tls_cert_file=args.tls_cert_file,
+                                tls_key_file=args.tls_key_file, tls_verify_hostname=not args.no_verify_hostname)
+    except (OpseventError, UsageError) as exc:
+        parser.print_usage(sys.stderr)
+        print(f"opsevent: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return listen.run(sock, json_lines=getattr(args, "json", False), queue=args.queue, count=args.count,
+                      timeout=getattr(args, "timeout", None), tls_settings=tls_settings)
 
 
 def build_request(args) -> dict:
@@ -128,6 +176,8 @@ def build_request(args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "listen":
+        return listen_main(args, parser)
     path = getattr(args, "socket", None) or os.environ.get(ENV_SOCKET)
     try:
         if not path:

@@ -27,7 +27,7 @@ import time
 from pika.adapters.select_connection import IOLoop, PollEvents
 
 from opsevent import RabbitMQSocket, Status
-from workers import job, logs
+from workers import job, logs, tls
 from workers.amqp import MessageProperties
 from workers.channel import Replier, private_socket, receive_own
 from workers.jobqueue import JobQueue
@@ -50,7 +50,7 @@ DRAIN_QUIET = 0.3  # seconds the pipe must stay empty before a draining worker c
 STATS_EVERY = 1.0  # seconds between two snapshots in the stats file
 TARGETS_CACHED = 4096  # distinct (event, subscribers) job shapes remembered
 INBOX_MAX = 1 << 18  # bytes of one front-end report (JobSender keeps them under it)
-CONTENT_TYPES = {"lines": "text/plain", "json": "application/json"}
+CONTENT_TYPES = {"lines": "text/plain", "json": "application/json", "opensips": "text/x-opensips-event"}
 
 
 class _Target:
@@ -259,7 +259,7 @@ class RabbitMQWorker:
             link = self.links.get(sock.broker)
             if link is None:
                 link = self.links[sock.broker] = BrokerLink(
-                    sock.broker, sock.broker_label, self.settings, self.ioloop, self._done)
+                    sock.broker, sock.broker_label, tls.settings_for(self.settings, sock), self.ioloop, self._done)
             counts = self.subscriptions.counts(name, str(sock))
             body_format = sock.format or self.settings.format
             head = self.properties.head(event, CONTENT_TYPES[body_format], sock.persistent or self.settings.persistent)
