@@ -62,7 +62,7 @@ class Recorder:
     def __init__(self, statuses=None):
         self.bodies, self.statuses = [], statuses
 
-    def submit(self, event, sockets, body, sync, timeout):
+    def submit(self, event, sockets, body, sync, timeout, message_id=None):
         self.bodies.append(body)
         return self.statuses or [(Status.QUEUED, "")] * len(sockets)
 
@@ -250,7 +250,7 @@ def check_body_bytes(tmp_path):
 
 def _properties(persistent: bool) -> spec.BasicProperties:
     marshalled = MessageProperties("opsevent").head(b"E_X", "text/plain", persistent)
-    marshalled += MessageProperties("opsevent").tail("ab12-7", 1795689120)
+    marshalled += MessageProperties("opsevent").tail(b"ab12-7", 1795689120)
     props = spec.BasicProperties()
     props.decode(marshalled)
     return props
