@@ -11,8 +11,11 @@ machine was.  From those, in cores (CPU seconds per second of the window):
   thread at a time; the broker is named for its one queue, which is one
   Erlang process (its channel is another): beam.smp at about one core while
   the machine has CPU to spare is that;
-* neither: the figure is bound by waiting (round trips, wake-ups), and for a
-  sync run Little's law says how: raises in flight / time per raise.
+* neither, in a run of the sync group (a closed loop: each of N callers, or
+  B4's N unconfirmed messages, waits for its confirm before the next): the
+  figure is bound by waiting (round trips, wake-ups), and Little's law says
+  how: N in flight / time each waits = the rate;
+* neither, in a flooding run: nothing was at its limit; the nearest is named.
 """
 
 from __future__ import annotations
@@ -47,17 +50,16 @@ def bound(r: dict) -> str:
     busy = machine_share(r)
     if not use or busy is None:
         return "—"
-    if "beam" not in use:
-        note = "; broker CPU not measured (not on this machine)"
-    else:
-        note = ""
+    note = "" if "beam" in use else "; broker CPU not measured (not on this machine)"
     if busy >= MACHINE_BOUND:
         return f"the machine: {os.cpu_count()} cores {busy:.0%} busy ({_top(use, r)}){note}"
     name, share = max(((n, c) for n, c in use.items() if n != "main"), key=lambda nc: nc[1])
     if share >= CORE_BOUND:
         what = "the broker's one queue" if name == "beam" else f"one {KINDS.get(name.split('-')[0], name)}"
         return f"{what}: {share:.2f} core ({_top(use, r)}; machine {busy:.0%}){note}"
-    return f"waiting: {_waits(r)}no process at a core ({_top(use, r)}; machine {busy:.0%}){note}"
+    if r.get("group") == "sync":
+        return f"waiting: {_waits(r)}no process at a core ({_top(use, r)}; machine {busy:.0%}){note}"
+    return f"nothing at its limit: machine {busy:.0%} busy ({_top(use, r)}){note}"
 
 
 def _top(use: dict[str, float], r: dict) -> str:
@@ -88,11 +90,11 @@ def _waits(r: dict) -> str:
 
 
 def in_flight_of(r: dict) -> int | None:
-    """How many raises (or publishes) wait at once in a closed-loop run."""
+    """How many raises (or publishes) wait at once in a closed-loop run of the sync group."""
     if r.get("mode") == "sync":
         return r.get("awaits") or (r.get("callers") or 0) * (r.get("threads") or 1)
     if r.get("window"):
-        return r["window"]
+        return r["window"]  # B4: it tops its window up as soon as a confirm comes
     if r.get("kind") == "baseline" and "confirmed_per_s" in r:
         return 1  # B3: one publish waiting for its ack
     return None

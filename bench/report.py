@@ -216,7 +216,7 @@ def _limits_order(item) -> tuple:
     """By group, ours before the baselines, then by the number in the id (front-ends, callers...)."""
     key, r = item
     group = LIMITS_GROUPS.index(r["group"]) if r.get("group") in LIMITS_GROUPS else len(LIMITS_GROUPS)
-    number = re.search(r"\d+", key)
+    number = re.search(r"\d+", key.split(".", 1)[-1])
     return group, r.get("kind") != "ours", key.split(".")[0], int(number.group()) if number else 0, key
 
 
