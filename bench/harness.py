@@ -25,6 +25,7 @@ import traceback
 from dataclasses import dataclass, field
 
 from bench.measure import QueueCounter, proc_private_kib, proc_status
+from bench.target import DEFAULT_PREFIX
 
 START_TIMEOUT = 120.0  # a process waits this long at the barrier
 END_TIMEOUT = 600.0    # and this long for "done"
@@ -290,7 +291,9 @@ class Env:
     def __init__(self, broker, ctx, run_id: str | None = None):
         self.broker = broker
         self.ctx = ctx
-        self.run_id = run_id or f"{os.getpid()}-{int(time.time())}"
+        # Unique on a broker other benches may share: pid, time and a random part.
+        self.run_id = run_id or f"{os.getpid()}-{int(time.time())}-{os.urandom(2).hex()}"
+        self.prefix = getattr(broker, "prefix", DEFAULT_PREFIX)
         self._n = 0
         self._beam_pid = False
 
@@ -306,7 +309,7 @@ class Env:
 
     def queue(self, what: str) -> str:
         self._n += 1
-        return f"opsevent-bench-{self.run_id}-{self._n}-{what}"
+        return f"{self.prefix}-{self.run_id}-{self._n}-{what}"
 
     def count(self, queues) -> int:
         counter = QueueCounter(self.broker)

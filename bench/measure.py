@@ -304,6 +304,10 @@ class ProcSampler:
 
 # -- the broker's side ------------------------------------------------------------------
 
+# The broker deletes a queue of ours unused this long: a bench that dies leaves none behind for good.
+QUEUE_EXPIRES_MS = 600_000
+
+
 class QueueCounter:
     """Message counts of queues over one connection (passive declares).
 
@@ -327,15 +331,36 @@ class QueueCounter:
 
 
 def declare_queues(broker, names) -> None:
-    """Fresh transient classic queues (no consumer): deleted first if they exist."""
+    """Transient classic queues (no consumer), named uniquely per run (``Env.queue``).
+
+    Each expires QUEUE_EXPIRES_MS after its last use, so a bench that dies
+    leaves nothing behind for long on a user's broker (``bench.target``).
+    """
     conn = broker.connect()
     try:
         ch = conn.channel()
         for name in names:
-            ch.queue_delete(queue=name)
-            ch.queue_declare(queue=name, durable=False)
+            ch.queue_declare(queue=name, durable=False, arguments={"x-expires": QUEUE_EXPIRES_MS})
     finally:
         conn.close()
+
+
+def peek_message(broker, queue: str) -> dict | None:
+    """The first message of ``queue`` as plain data (its properties and body), left in the queue.
+
+    What a run published, to compare B4's messages with ours.
+    """
+    conn = broker.connect()
+    try:
+        method, props, body = conn.channel().basic_get(queue, auto_ack=False)
+    finally:
+        conn.close()  # the unacknowledged message goes back to the queue
+    if method is None:
+        return None
+    shown = ("content_type", "headers", "delivery_mode", "message_id", "timestamp", "app_id")
+    out = {name: getattr(props, name) for name in shown if getattr(props, name) is not None}
+    out["body"] = body.decode("utf-8", "replace")
+    return out
 
 
 def delete_queues(broker, names) -> None:

@@ -3,16 +3,20 @@
 ``run_async``: a ``workers.Supervisor`` with P front-ends raising async
 events as fast as they can (or paced), each raise timed into an HdrHistogram,
 clocked until the broker holds every event.  ``run_sync``: ``workers.serve``
-with P forked callers raising sync events in a loop for a fixed time, or at a
-fixed offered load on an absolute schedule (latency measured from the
-scheduled time as well as from the call, against coordinated omission).
+with P forked callers raising sync events in a loop for a fixed time (each
+from one thread, from many threads, or from many asyncio tasks awaiting
+``araise_event``), or at a fixed offered load on an absolute schedule
+(latency measured from the scheduled time as well as from the call, against
+coordinated omission).
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import inspect
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -31,6 +35,7 @@ from bench.measure import (
     delete_queues,
     merge_encoded,
     new_hist,
+    peek_message,
     proc_status,
     summarize,
 )
@@ -54,10 +59,12 @@ class AsyncSpec:
 
 @dataclass
 class SyncSpec:
-    callers: int
+    callers: int                # processes
     duration: float             # seconds each caller raises
     params: tuple
     rate: float | None = None   # events/s per caller on an absolute schedule; None: a loop
+    threads: int = 1            # threads raising in a loop in each caller process
+    awaits: int = 0             # or: asyncio tasks awaiting araise_event in a loop, in each
 
 
 # -- async -------------------------------------------------------------------------------------
@@ -103,6 +110,7 @@ def run_async(env, spec: AsyncSpec, progress=None) -> dict:
         delete_queues(broker, queues + (warm,))
         raise KeyboardInterrupt
     final = env.count(queues)
+    message = peek_message(broker, queues[0])
     delete_queues(broker, queues + (warm,))
 
     results = [r for r in clock.results if "error" not in r]
@@ -136,7 +144,7 @@ def run_async(env, spec: AsyncSpec, progress=None) -> dict:
         "worker_stats": _final_stats(sup.service),
         "memory": memory, "cpu": sampler.cpu(memory, spec.events),
         "frontend_rss": [_fe_memory(r) for r in sorted(results, key=lambda r: r["rank"])],
-        "errors": errors,
+        "properties": message, "errors": errors,
     }
     return out
 
@@ -259,7 +267,8 @@ def run_sync(env, spec: SyncSpec, progress=None) -> dict:
     raised = confirmed + sum(failed.values())
     seconds = (max(r["t_end"] for r in results) - clock.start) if results else None
     out = {
-        "kind": "ours", "mode": "sync", "callers": spec.callers, "duration_s": spec.duration,
+        "kind": "ours", "mode": "sync", "callers": spec.callers, "threads": spec.threads,
+        "awaits": spec.awaits, "duration_s": spec.duration,
         "body_bytes": env.body_len(spec.params), "offered_per_s": (spec.rate * spec.callers
                                                                    if spec.rate else None),
         "raised": raised, "confirmed": confirmed, "failed_by_status": dict(failed),
@@ -281,55 +290,116 @@ def run_sync(env, spec: SyncSpec, progress=None) -> dict:
 
 
 def _sync_caller(rank: int, gate: Gate, evi, spec: SyncSpec) -> None:
-    params = spec.params
-    raise_event = evi.raise_event
     # Warm-up: makes this process's reply pipe, and the worker's connection.
     warm = evi.raise_event(WARMUP_EVENT, WARMUP_PARAMS)
     if not warm:
         raise RuntimeError(f"warm-up raise failed: {warm.failures[0].status} {warm.failures[0].reason}")
-    hist = new_hist()
-    record = hist.record_value
-    failed = collections.Counter()
-    confirmed = 0
-    confirmed_status = Status.CONFIRMED
+    extra = {}
+    if spec.rate is not None:
+        t_start, tallies, extra = _raise_on_schedule(rank, gate, evi, spec)
+    elif spec.awaits:
+        t_start, tallies = _raise_awaiting(gate, evi, spec)
+    else:
+        t_start, tallies = _raise_in_threads(gate, evi, spec)
+    t_end = time.monotonic()
+    hist = tallies[0].hist
+    for tally in tallies[1:]:
+        hist.add(tally.hist)
+    gate.finish({"rank": rank, "confirmed": sum(t.confirmed for t in tallies),
+                 "failed": dict(sum((t.failed for t in tallies), collections.Counter())),
+                 "hist": hist.encode(), "t_start": t_start, "t_end": t_end, **extra})
+
+
+class _Tally:
+    """What one raising thread (or one process's asyncio tasks) saw: outcomes and latency."""
+
+    def __init__(self):
+        self.hist = new_hist()
+        self.confirmed = 0
+        self.failed = collections.Counter()
+
+    def count(self, result, t0: int, t1: int) -> None:
+        self.hist.record_value(t1 - t0 or 1)
+        if result.deliveries and all(d.status is Status.CONFIRMED for d in result.deliveries):
+            self.confirmed += 1
+        else:
+            self.failed.update(d.status.value for d in result.deliveries if d.status is not Status.CONFIRMED)
+
+
+def _raise_loop(raise_event, params, deadline: int, tally: _Tally) -> None:
+    clock = time.perf_counter_ns
+    while True:
+        t0 = clock()
+        result = raise_event(EVENT, params)
+        t1 = clock()
+        tally.count(result, t0, t1)
+        if t1 >= deadline:
+            return
+
+
+def _raise_in_threads(gate: Gate, evi, spec: SyncSpec):
+    """``spec.threads`` threads of this process raising in a loop (one: this thread alone)."""
+    tallies = [_Tally() for _ in range(spec.threads)]
+    go, deadline, errors = threading.Event(), [0], []
+
+    def thread(tally):
+        go.wait()
+        try:
+            _raise_loop(evi.raise_event, spec.params, deadline[0], tally)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the process's main thread
+            errors.append(exc)
+
+    # Started before the barrier, so that the clock does not count their start.
+    threads = [threading.Thread(target=thread, args=(t,), daemon=True) for t in tallies[1:]]
+    for t in threads:
+        t.start()
     t_start = gate.wait_start()
-    if spec.rate is None:
-        clock = time.perf_counter_ns
-        deadline = clock() + int(spec.duration * 1e9)
+    deadline[0] = time.perf_counter_ns() + int(spec.duration * 1e9)
+    go.set()
+    _raise_loop(evi.raise_event, spec.params, deadline[0], tallies[0])
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return t_start, tallies
+
+
+def _raise_awaiting(gate: Gate, evi, spec: SyncSpec):
+    """``spec.awaits`` asyncio tasks of this process, each awaiting ``araise_event`` in a loop."""
+    tally = _Tally()
+
+    async def task(deadline):
+        clock, araise, params = time.perf_counter_ns, evi.araise_event, spec.params
         while True:
             t0 = clock()
-            result = raise_event(EVENT, params)
+            result = await araise(EVENT, params)
             t1 = clock()
-            record(t1 - t0 or 1)
-            if _all_confirmed(result, confirmed_status):
-                confirmed += 1
-            else:
-                failed.update(d.status.value for d in result.deliveries if d.status is not confirmed_status)
+            tally.count(result, t0, t1)
             if t1 >= deadline:
-                break
-        extra = {}
-    else:
-        # Absolute schedule, callers staggered evenly; latency also from the scheduled time.
-        interval = int(1e9 / spec.rate)
-        first = int(t_start * 1e9) + (rank - 1) * interval // spec.callers
-        schedule = Schedule(first, interval, int(spec.duration * spec.rate))
-        for scheduled, now in schedule:
-            result = raise_event(EVENT, params)
-            t1 = time.monotonic_ns()
-            record(t1 - now or 1)
-            schedule.done(scheduled, t1)
-            if _all_confirmed(result, confirmed_status):
-                confirmed += 1
-            else:
-                failed.update(d.status.value for d in result.deliveries if d.status is not confirmed_status)
-        extra = schedule.figures()
-    t_end = time.monotonic()
-    gate.finish({"rank": rank, "confirmed": confirmed, "failed": dict(failed), "hist": hist.encode(),
-                 "t_start": t_start, "t_end": t_end, **extra})
+                return
+
+    async def main():
+        t_start = gate.wait_start()  # blocks the loop, which has nothing to run yet
+        deadline = time.perf_counter_ns() + int(spec.duration * 1e9)
+        await asyncio.gather(*(task(deadline) for _ in range(spec.awaits)))
+        return t_start
+
+    return asyncio.run(main()), [tally]
 
 
-def _all_confirmed(result, confirmed_status) -> bool:
-    return bool(result.deliveries) and all(d.status is confirmed_status for d in result.deliveries)
+def _raise_on_schedule(rank: int, gate: Gate, evi, spec: SyncSpec):
+    """Absolute schedule, callers staggered evenly; latency also from the scheduled time."""
+    tally = _Tally()
+    t_start = gate.wait_start()
+    interval = int(1e9 / spec.rate)
+    first = int(t_start * 1e9) + (rank - 1) * interval // spec.callers
+    schedule = Schedule(first, interval, int(spec.duration * spec.rate))
+    for scheduled, now in schedule:
+        result = evi.raise_event(EVENT, spec.params)
+        t1 = time.monotonic_ns()
+        tally.count(result, now, t1)
+        schedule.done(scheduled, t1)
+    return t_start, [tally], schedule.figures()
 
 
 # -- helpers ---------------------------------------------------------------------------------
