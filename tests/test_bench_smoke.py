@@ -95,7 +95,7 @@ def _check_runs(doc):
         same = {k: v for k, v in b4["properties"].items() if k not in ("message_id", "timestamp")}
         assert same == {k: v for k, v in ours.items() if k not in ("message_id", "timestamp")}
         for shown in (b4["properties"], ours):
-            assert re.fullmatch(r"[0-9a-f]{12}-\d+", shown["message_id"]) and shown["timestamp"] > 0
+            assert re.fullmatch(r"[0-9a-f]{16}-\d+", shown["message_id"]) and shown["timestamp"] > 0
 
 
 def test_a_b4_that_cannot_be_built_leaves_its_figures_and_verdicts_missing():

@@ -5,7 +5,7 @@
  * the mandatory flag (a basic.return counts as a failure), and the message
  * properties of workers/amqp.py, in the same order and encoding:
  * content-type, headers {"event": NAME} (unless -N), message-id
- * "<12 hex>-<n>", timestamp (seconds) and app-id; no delivery-mode, as for
+ * "<16 hex>-<n>", timestamp (seconds) and app-id; no delivery-mode, as for
  * opsevent's transient subscribers.
  *
  * Usage (the bench runs it; see bench/b4/__init__.py):
@@ -226,11 +226,11 @@ static void publish_all(struct run *r, const struct options *o, amqp_bytes_t bod
   props.headers.num_entries = 1;
   props.headers.entries = &header;
   props.app_id = amqp_cstring_bytes(o->app_id);
-  /* The worker's message ids: a random prefix per process, then a counter. */
-  unsigned char random[6];
+  /* Our message ids (opsevent/messageid.py): 16 random hex digits per process, then a counter. */
+  unsigned char random[8];
   if (getrandom(random, sizeof random, 0) != sizeof random)
     die("getrandom failed");
-  char prefix[13], id[48];
+  char prefix[17], id[48];
   for (size_t i = 0; i < sizeof random; i++)
     snprintf(prefix + 2 * i, 3, "%02x", random[i]);
   amqp_bytes_t exchange = amqp_cstring_bytes(""), key = amqp_cstring_bytes(o->key);
