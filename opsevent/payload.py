@@ -153,8 +153,10 @@ def encode_event(name: str, params: Params = (), format: str = "lines") -> bytes
         _bad_format(format)
     # This runs on every raise: the common case costs a few regex searches,
     # one join and one encode. The helpers only run to explain an error.
-    if type(name) is not str or not name or _SPECIAL.search(name):
-        check_event_name(name)
+    if type(name) is not str or name not in _GOOD_EVENTS:
+        if type(name) is not str or not name or _SPECIAL.search(name):
+            check_event_name(name)
+        _remember(_GOOD_EVENTS, name)
     parts = [name]
     if type(params) is dict:
         params = params.items()
@@ -164,9 +166,10 @@ def encode_event(name: str, params: Params = (), format: str = "lines") -> bytes
         if type(pair) is not tuple or len(pair) != 2:
             pair = _as_pair(name, index, pair)
         key, value = pair
-        if key is not None and (
-                type(key) is not str or not key or _BAD_PARAM_NAME.search(key)):
-            _check_param_name(name, index, key)
+        if key is not None and (type(key) is not str or key not in _GOOD_KEYS):
+            if type(key) is not str or not key or _BAD_PARAM_NAME.search(key):
+                _check_param_name(name, index, key)
+            _remember(_GOOD_KEYS, key)
         if type(value) is not str:
             value = _value_text(name, index, key, value)
         if _SPECIAL.search(value) or (key is None and "::" in value):
@@ -180,6 +183,21 @@ def encode_event(name: str, params: Params = (), format: str = "lines") -> bytes
     if len(body) > MAX_BODY_SIZE:
         raise EventTooLargeError(name, len(body), MAX_BODY_SIZE)
     return body
+
+
+# Event names and parameter names already found good (two sets: the rules
+# differ): the same few names come with every raise, so each is searched
+# once, not per raise. Bounded; a program that makes names up as it goes
+# only refills them.
+_GOOD_EVENTS: set = set()
+_GOOD_KEYS: set = set()
+_GOOD_MAX = 4096
+
+
+def _remember(good: set, name: str) -> None:
+    if len(good) >= _GOOD_MAX:
+        good.clear()
+    good.add(name)
 
 
 def _check_param_name(name: str, index: int, key) -> None:

@@ -368,3 +368,15 @@ def test_a_line_body_is_never_taken_for_json(name, params):
     body = encode_event(name, params)
     assert not body.startswith(b'{"')
     assert decode_event(body) == decode_event(body, format="lines")
+
+
+def test_a_name_remembered_as_a_good_event_name_is_still_checked_as_a_parameter_name():
+    # Good names are remembered so that a raise does not search them again;
+    # an event name may hold '::' and a parameter name may not.
+    assert encode_event("A::B", {}) == b"A::B\n"
+    for _ in range(2):  # the second time, after a good raise would have remembered it
+        with pytest.raises(EventSyntaxError, match="contains '::', the name/value separator"):
+            encode_event("E", {"A::B": 1})
+    assert encode_event("E", {"key": "v"}) == b"E\nkey::v\n"
+    with pytest.raises(EventSyntaxError, match="has ',' at position 1"):
+        encode_event("E", {"k,ey": "v"})

@@ -121,17 +121,24 @@ class JobQueue:
         if not self._slots.acquire(False):
             return False
         local = self._here()
+        data = b"".join(parts)
         with local.lock:
             job_id = (local.pid << 32) | (next(local.ids) & 0xFFFFFFFF)
-            size = sum(map(len, parts))
-            if size <= _CHUNK:
-                frames = [b"".join((_HEADER.pack(size, job_id, 0, 1), *parts))]
+            if len(data) <= _CHUNK:
+                frame = _HEADER.pack(len(data), job_id, 0, 1) + data
+                if not local.overflow:
+                    try:
+                        os.write(self._write_fd, frame)  # the usual case: one whole frame, one write
+                        return True
+                    except BlockingIOError:
+                        pass
+                frames = [frame]
             else:
-                frames = _frames(b"".join(parts), job_id)
-            if not local.overflow:
-                frames = _write_some(self._write_fd, frames)
-                if not frames:
-                    return True
+                frames = _frames(data, job_id)
+                if not local.overflow:
+                    frames = _write_some(self._write_fd, frames)
+                    if not frames:
+                        return True
             local.overflow.append(frames)
             if local.feeder is None:
                 local.feeder = threading.Thread(target=self._feed, args=(local,), name="opsevent-feeder",
@@ -143,10 +150,12 @@ class JobQueue:
         return True
 
     def _here(self) -> _Local:
+        # A forked child finds None here (_after_fork_in_child): it must not
+        # use its parent's buffer or thread.  No getpid() per put.
         local = self._local
-        if local is None or local.pid != os.getpid():
-            with self._local_lock:  # a child must not use its parent's buffer or thread
-                if self._local is None or self._local.pid != os.getpid():
+        if local is None:
+            with self._local_lock:
+                if self._local is None:
                     self._local = _Local()
                 local = self._local
         return local
@@ -383,6 +392,7 @@ def _after_fork_in_child() -> None:
     # this lock at the fork; in the child nobody would ever release it.
     for queue in list(_QUEUES):
         queue._local_lock = threading.Lock()
+        queue._local = None  # the parent's buffer and feeder thread are not this process's
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
