@@ -174,8 +174,8 @@ class ReplyBox:
                 datagrams.append(data)
         return datagrams
 
-    def _dispatch(self, datagrams: list[bytes]) -> None:
-        # Called with the lock held.
+    def _dispatch(self, datagrams: list[bytes], loop=None) -> None:
+        # Called with the lock held; ``loop``: the event loop running this call, if any.
         for data in datagrams:
             try:
                 replies = json.loads(data)
@@ -189,7 +189,10 @@ class ReplyBox:
                     continue
                 waiter.reply = tuple(map(tuple, statuses))
                 if waiter.future is not None:
-                    waiter.loop.call_soon_threadsafe(_resolve, waiter.future)
+                    if waiter.loop is loop:
+                        _resolve(waiter.future)  # its own loop's reader: no wake-up needed
+                    else:
+                        waiter.loop.call_soon_threadsafe(_resolve, waiter.future)
                 else:
                     self._wake(waiter)
 
@@ -224,7 +227,7 @@ class ReplyBox:
     def _watch(self, loop) -> None:
         count = self._loops.get(loop, 0)
         if count == 0:
-            loop.add_reader(self.sock.fileno(), self._on_readable)
+            loop.add_reader(self.sock.fileno(), self._on_readable, loop)
         self._loops[loop] = count + 1
 
     def _unwatch(self, loop) -> None:
@@ -234,10 +237,10 @@ class ReplyBox:
         else:
             loop.remove_reader(self.sock.fileno())
 
-    def _on_readable(self) -> None:
+    def _on_readable(self, loop) -> None:
         datagrams = self._read_ready()
         with self._lock:
-            self._dispatch(datagrams)
+            self._dispatch(datagrams, loop)
 
 
 def _resolve(future) -> None:
