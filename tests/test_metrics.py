@@ -217,6 +217,47 @@ def test_serve_with_a_metrics_address_counts_every_event_raised_by_forked_proces
 
 
 @pytest.mark.broker
+def test_every_sync_raise_is_timed_from_the_raise_to_its_reply(broker, clean_queue):
+    evi = opsevent.EventInterface(sync_mode=True)
+    evi.subscribe_event("E_SYNC", broker.socket(clean_queue))
+    with workers.serve(evi, metrics_address=LOOPBACK_ANY_PORT) as service:
+        started = time.monotonic()
+        for n in range(25):
+            assert evi.raise_event("E_SYNC", {"n": n})
+        waited = time.monotonic() - started
+        m = wait_for(lambda: (s := scrape(service.metrics.address)).get_value("opsevent_sync_wait_seconds_count") == 25
+                     and s, 10, "25 sync waits in the metrics")
+    assert m.get_value("opsevent_sync_wait_seconds_bucket", le="+Inf") == 25
+    assert 0 < m.get_value("opsevent_sync_wait_seconds_sum") <= waited
+    assert m.get_value("opsevent_sync_replies_sent_total") == 25
+
+
+@pytest.mark.broker
+def test_a_supervisors_metrics_are_served_by_its_own_process_and_count_its_front_ends_events(broker, clean_queue):
+    evi = opsevent.EventInterface()
+    evi.subscribe_event("E_SUP", broker.socket(clean_queue))
+    sup = workers.Supervisor(evi, _raise_ten_then_wait, processes=2, metrics_address=LOOPBACK_ANY_PORT)
+    sup.start()
+    try:
+        address = sup.service.metrics.address
+        sub = {"event": "E_SUP", "socket": f"rabbitmq:guest:***@127.0.0.1:{broker.port}/{clean_queue}"}
+        wait_for(lambda: scrape(address).get_value("opsevent_events_confirmed_total", **sub) == 20, 10,
+                 "20 confirmed events in the metrics")
+        children = [p.pid for p in sup.frontends.values()] + [sup.service.process.pid]
+        assert holders(address[1], [os.getpid()] + children) == {os.getpid()}
+        assert sup.health()["healthy"] is True
+    finally:
+        sup.stop()
+
+
+def _raise_ten_then_wait(rank, evi) -> None:
+    for n in range(10):
+        assert evi.raise_event("E_SUP", {"rank": rank, "n": n})
+    while not workers.stopping():
+        time.sleep(0.05)
+
+
+@pytest.mark.broker
 def test_only_the_serving_process_holds_the_metrics_port_never_a_forked_child_or_the_worker(broker):
     evi = opsevent.EventInterface()
     with workers.serve(evi, metrics_address=LOOPBACK_ANY_PORT) as service:
