@@ -19,6 +19,7 @@ import opsevent
 import workers
 from workers import histogram
 from workers.broker import consume, free_port
+from workers.cli import render_stats
 from workers.health import judge
 from workers.histogram import LATENCY_BUCKETS, Histogram, quantile_bound
 from workers.metrics import OVERFLOW, Collector
@@ -148,6 +149,16 @@ def test_stale_or_missing_stats_say_the_worker_is_down_and_registering_reads_not
     assert m.get_value("opsevent_worker_up") == 0 and m.get_value("opsevent_jobs_total") is None
     old = exposition(Collector(lambda: a_snapshot(time=time.time() - 60)))
     assert old.get_value("opsevent_worker_up") == 0 and old.get_value("opsevent_stats_age_seconds") >= 60
+
+
+def test_the_stats_table_sums_up_the_histograms_instead_of_showing_them_as_columns():
+    text = render_stats(a_snapshot())
+    assert "CONFIRM_LATENCY" not in text and "SYNC_WAIT" not in text
+    latency = text.splitlines()[text.splitlines().index("latency (ms)"):]
+    assert [line.split() for line in latency[1:]] == [
+        ["WHAT", "COUNT", "MEAN", "P50", "P99"],
+        ["confirm", "ops@127.0.0.1:5672/%2F", "10", "2.00", "<=", "1", "<=", "5"],
+        ["sync", "wait", "3", "5.00", "<=", "2.5", "<=", "10"]]
 
 
 # ---- health, judged from the counters ------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import re
 import signal
 import subprocess
 import time
@@ -23,7 +24,7 @@ import opsevent
 import workers
 from workers.broker import PrivateBroker, consume, declare_queue, free_port
 
-from helpers import wait_for
+from helpers import ROOT, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(240)]
 
@@ -35,6 +36,7 @@ global:
   scrape_interval: {every}
   scrape_timeout: 400ms
   evaluation_interval: {every}
+rule_files: ["{rules}"]
 scrape_configs:
   - job_name: opsevent
     static_configs:
@@ -53,7 +55,9 @@ class Prometheus:
     def __enter__(self) -> "Prometheus":
         assert PROMETHEUS.exists(), f"{PROMETHEUS} is missing: ./run installs Debian's prometheus package"
         config = self.folder / "prometheus.yml"
-        config.write_text(CONFIG.format(every=SCRAPE_EVERY, target=self.target))
+        rules = self.folder / "alerts.yml"
+        rules.write_text(readme_alerts())
+        config.write_text(CONFIG.format(every=SCRAPE_EVERY, target=self.target, rules=rules))
         self.log = open(self.folder / "prometheus.log", "w")
         self.proc = subprocess.Popen(
             [str(PROMETHEUS), f"--config.file={config}", f"--storage.tsdb.path={self.folder / 'data'}",
@@ -106,9 +110,17 @@ class Prometheus:
         (series,) = self.api("query_range", query=expr, start=start, end=end, step=0.5)
         return [float(v) for _t, v in series["values"]]
 
-    def wait(self, expr: str, wanted: float, what: str, timeout: float = 30) -> None:
-        wait_for(lambda: self.value(expr) == wanted, timeout, f"{what} ({expr} == {wanted:g} in Prometheus)",
+    def wait(self, expr: str, wanted: float | None, what: str, timeout: float = 30) -> None:
+        """Until the instant query's value is *wanted* (None: no result)."""
+        wait_for(lambda: self.value(expr) == wanted, timeout, f"{what} ({expr} == {wanted} in Prometheus)",
                  interval=0.25)
+
+
+def readme_alerts() -> str:
+    """The alerting rules the README proposes, as written there."""
+    blocks = re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    (rules,) = [block for block in blocks if block.startswith("groups:")]
+    return rules
 
 
 def raise_paced(evi, event: str, count: int, seconds: float, processes: int = 2) -> None:
@@ -163,6 +175,8 @@ def _check_through_an_outage(prom: Prometheus, broker: PrivateBroker, evi) -> No
         prom.wait(f"opsevent_broker_connection_failed{{{link}}}", 1, "the failed connection")
         failed_at = time.time()
         assert prom.value(f"opsevent_broker_connected{{{link}}}") == 0
+        # The README's alert sees it (pending: it fires after its "for: 1m").
+        prom.wait('count(ALERTS{alertname="OpseventBrokerDisconnected"})', 1, "the README's disconnected alert")
         for level in (50, 100, 150):
             raise_paced(evi, "E_PROM", 50, 0.2)
             prom.wait(f"opsevent_broker_backlog{{{link}}}", level, f"a backlog of {level}")
@@ -187,4 +201,6 @@ def _check_through_an_outage(prom: Prometheus, broker: PrivateBroker, evi) -> No
     assert {expr: prom.value(expr) for expr in exact} == exact
     assert prom.value(f"opsevent_broker_reconnects_total{{{link}}}") >= 1
     assert prom.value(f"opsevent_broker_connections_lost_total{{{link}}}") >= 1
+    assert prom.value('count(ALERTS{alertname="OpseventEventsDropped"})') is None  # nothing was dropped
+    prom.wait('count(ALERTS{alertname="OpseventBrokerDisconnected"})', None, "the disconnected alert gone")
     assert len(consume(broker, "metrics", 150, timeout=30)) == 150
