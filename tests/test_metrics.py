@@ -11,8 +11,10 @@ import multiprocessing
 import os
 import socket
 import time
+from types import SimpleNamespace
 
 import pytest
+from pika import spec
 from prometheus_client import CollectorRegistry, generate_latest
 
 import opsevent
@@ -22,6 +24,7 @@ from workers.broker import consume, free_port
 from workers.cli import render_stats
 from workers.health import judge
 from workers.histogram import LATENCY_BUCKETS, Histogram, quantile_bound
+from workers.link import BrokerLink, Item
 from workers.metrics import OVERFLOW, Collector
 
 from helpers import opsevent_cli, wait_for
@@ -79,6 +82,45 @@ def test_histograms_of_the_same_buckets_add_up_and_the_median_bucket_is_found():
     assert sum(merged["counts"]) == 20 and merged["sum"] == pytest.approx(2.004)
     assert quantile_bound(merged, 0.5) == 0.0005 and quantile_bound(merged, 0.99) == 0.25
     assert histogram.merge([a.snapshot(), Histogram((1.0,)).snapshot()]) is None
+
+
+def a_link_with_flushes(flushes: list[tuple[int, float]]) -> tuple[BrokerLink, list]:
+    """A BrokerLink (never connected) with publishes 1..N in flight, flushed as *flushes* says:
+    ``(last delivery tag, seconds ago)``; and the outcomes its callback got."""
+    outcomes = []
+    sock = opsevent.parse_socket("rabbitmq:127.0.0.1/q")
+    link = BrokerLink(sock.broker, sock.broker_label, opsevent.Settings(), ioloop=None,
+                      done=lambda item, status, reason: outcomes.append((item.index, status)))
+    now = time.monotonic()
+    for tag in range(1, flushes[-1][0] + 1):
+        link.inflight[tag] = Item(None, tag, "", "q", b"x", b"", {}, now, None)
+    link._flushed.extend((tag, now - ago) for tag, ago in flushes)
+    return link, outcomes
+
+
+def confirm(link: BrokerLink, tag: int, multiple: bool, ack: bool = True) -> None:
+    method = (spec.Basic.Ack if ack else spec.Basic.Nack)(delivery_tag=tag, multiple=multiple)
+    link._on_confirm(SimpleNamespace(method=method))
+
+
+def test_each_publish_is_timed_once_from_the_flush_that_wrote_it_even_when_confirms_come_out_of_order():
+    link, outcomes = a_link_with_flushes([(3, 4.0), (6, 0.6), (8, 0.0)])
+    confirm(link, 5, multiple=False)   # one of the second flush, ahead of the first's
+    confirm(link, 7, multiple=True)    # the first, the rest of the second, and one of the third
+    confirm(link, 8, multiple=False)
+    h = link.confirm_latency.snapshot()
+    by_bound = dict(zip(h["bounds"] + [float("inf")], h["counts"]))
+    assert by_bound[5.0] == 3 and by_bound[1.0] == 3
+    assert sum(n for bound, n in by_bound.items() if bound <= 0.25) == 2
+    assert sum(h["counts"]) == 8 and sorted(i for i, _ in outcomes) == list(range(1, 9))
+    assert not link._flushed  # every flush settled: nothing kept
+
+
+def test_nacked_publishes_are_timed_too_and_a_flush_is_kept_until_all_of_it_is_settled():
+    link, _outcomes = a_link_with_flushes([(4, 0.0)])
+    confirm(link, 2, multiple=True, ack=False)
+    assert sum(link.confirm_latency.counts) == 2
+    assert [tag for tag, _when in link._flushed] == [4]  # publishes 3 and 4 still wait for theirs
 
 
 # ---- the collector ---------------------------------------------------------------------------------

@@ -486,7 +486,8 @@ class BrokerLink:
         for flush_tag, flushed_at in flushed:
             if settled[first][0] > flush_tag:
                 continue  # an older flush still waiting for a confirm that came out of order
-            end = bisect_right(settled, flush_tag, first, last, key=_TAG)
+            # Usually the rest all went out in this flush: no search then.
+            end = last if settled[-1][0] <= flush_tag else bisect_right(settled, flush_tag, first, last, key=_TAG)
             self.confirm_latency.observe(now - flushed_at, end - first)
             first = end
             if first == last:

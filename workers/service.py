@@ -309,7 +309,10 @@ class Service:
         ``endpoint``, ``backlog`` (= ``pending`` + ``inflight``),
         ``published``, ``connects``, ``reconnects``, ``connection_lost``,
         ``republished``, ``failovers``, ``failbacks``, ``dropped_expired``,
-        ``last_error``; and ``subscriptions``: one row per event and
+        ``last_error``, ``confirm_latency`` (a histogram: ``{bounds, counts,
+        sum}``, seconds from writing a publish to its ack or nack,
+        ``workers/histogram.py``); ``sync_wait`` (the same, from a sync raise to
+        its reply); and ``subscriptions``: one row per event and
         subscriber (socket text, password masked) with ``raised`` (=
         ``queued`` + ``dropped_at_exit`` + ``dropped_queue_full`` +
         ``too_large``), ``queued``,
