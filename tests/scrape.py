@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -36,24 +37,28 @@ def scrape(address: tuple[str, int], path: str = "/metrics", timeout: float = 5.
         return Samples.parse(response.read().decode("utf-8"))
 
 
-def listening_inodes(port: int) -> set[str]:
-    """Socket inodes listening on TCP *port* (IPv4 and IPv6), from /proc/net."""
+def listening_inodes(address: tuple[str, int]) -> set[str]:
+    """Inodes of the IPv4 sockets listening at exactly *address* ``(host, port)``, from /proc/net/tcp.
+
+    The address, not only the port: another family or address may listen on the same port number.
+    """
+    host, port = address
+    local = "%08X:%04X" % (int.from_bytes(socket.inet_aton(host), "little"), port)  # the kernel's byte order
     inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as f:
-            next(f)
-            for line in f:
-                fields = line.split()
-                local, state, inode = fields[1], fields[3], fields[9]
-                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
-                    inodes.add(inode)
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            if fields[1] == local and fields[3] == "0A":  # 0A: LISTEN
+                inodes.add(fields[9])
     return inodes
 
 
-def holders(port: int, pids) -> set[int]:
-    """Which of *pids* have a descriptor on the socket listening on *port*."""
-    wanted = {f"socket:[{inode}]" for inode in listening_inodes(port)}
-    found = set()
+def holders(address: tuple[str, int], pids) -> dict[int, list[str]]:
+    """Which of *pids* have a descriptor on the socket listening at *address*: ``{pid: [its fds]}``."""
+    wanted = {f"socket:[{inode}]" for inode in listening_inodes(address)}
+    assert wanted, f"nothing listens at {address}"
+    found = {}
     for pid in pids:
         try:
             names = os.listdir(f"/proc/{pid}/fd")
@@ -62,8 +67,7 @@ def holders(port: int, pids) -> set[int]:
         for name in names:
             try:
                 if os.readlink(f"/proc/{pid}/fd/{name}") in wanted:
-                    found.add(pid)
-                    break
+                    found.setdefault(pid, []).append(name)
             except OSError:
                 continue
     return found

@@ -296,8 +296,9 @@ def test_a_supervisors_metrics_are_served_by_its_own_process_and_count_its_front
         sub = {"event": "E_SUP", "socket": f"rabbitmq:guest:***@127.0.0.1:{broker.port}/{clean_queue}"}
         wait_for(lambda: scrape(address).get_value("opsevent_events_confirmed_total", **sub) == 20, 10,
                  "20 confirmed events in the metrics")
-        children = [p.pid for p in sup.frontends.values()] + [sup.service.process.pid]
-        assert holders(address[1], [os.getpid()] + children) == {os.getpid()}
+        roles = {os.getpid(): "supervisor", sup.service.process.pid: "rabbitmq-worker",
+                 **{p.pid: f"front-end {rank}" for rank, p in sup.frontends.items()}}
+        assert {roles[pid] for pid in holders(address, roles)} == {"supervisor"}
         assert sup.health()["healthy"] is True
     finally:
         sup.stop()
@@ -314,14 +315,14 @@ def _raise_ten_then_wait(rank, evi) -> None:
 def test_only_the_serving_process_holds_the_metrics_port_never_a_forked_child_or_the_worker(broker):
     evi = opsevent.EventInterface()
     with workers.serve(evi, metrics_address=LOOPBACK_ANY_PORT) as service:
-        port = service.metrics.address[1]
         ready, done = FORK.Event(), FORK.Event()
         child = FORK.Process(target=_wait_for, args=(ready, done))
         child.start()
         try:
             assert ready.wait(10)
-            pids = [os.getpid(), child.pid, service.process.pid]
-            assert holders(port, pids) == {os.getpid()}
+            roles = {os.getpid(): "serving process", child.pid: "forked child", service.process.pid: "worker"}
+            held = holders(service.metrics.address, roles)
+            assert {roles[pid] for pid in held} == {"serving process"}, held
         finally:
             done.set()
             child.join(10)

@@ -148,9 +148,10 @@ class Collector:
     def _families(self, stats: dict, fresh: bool, age: float | None = None):
         yield GaugeMetricFamily("opsevent_worker_up", "1 when the RabbitMQ worker wrote its counters within the "
                                 f"last {STALE_AFTER:g} s.", value=int(fresh))
+        stats_age = GaugeMetricFamily("opsevent_stats_age_seconds", "Age of the RabbitMQ worker's counters.")
         if age is not None:
-            yield GaugeMetricFamily("opsevent_stats_age_seconds", "Age of the RabbitMQ worker's counters.",
-                                    value=max(0.0, age))
+            stats_age.add_metric([], max(0.0, age))
+        yield stats_age
         yield from _totals(stats)
         rows, folded_rows = _bounded(stats.get("subscriptions") or [], self.max_subscriptions,
                                      lambda r: (r.get("event", ""), r.get("socket", "")),
