@@ -9,6 +9,7 @@ Usage::
     opsevent subscribers [EVENT]
     opsevent raise EVENT [PARAM ...]
     opsevent stats
+    opsevent health [--worker-only]
     opsevent listen SOCKET [--queue NAME] [--count N] [--timeout S] [--json] [TLS FILES]
 
 ``--socket`` defaults to ``$OPSEVENT_CONTROL``. ``listen`` needs no service:
@@ -25,7 +26,8 @@ Output: aligned tables for people, ``--json`` for scripts (the service's
 codes: 0 done, 1 the operation failed (the service refused it, no service
 at that path, a raise not delivered to every subscriber: the statuses are
 shown, or a listen that could not connect or got fewer than ``--count``
-events in time), 2 a usage error. Sockets are always shown with the
+events in time, a ``health`` that found the service unhealthy: the reasons
+are shown), 2 a usage error. Sockets are always shown with the
 password masked.
 """
 
@@ -42,6 +44,7 @@ from opsevent import OpseventError, Settings, parse_socket
 from opsevent.subscriptions import check_expire
 from workers import listen
 from workers.control import ControlError, request
+from workers.histogram import quantile_bound
 
 ENV_SOCKET = "OPSEVENT_CONTROL"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -113,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("params", metavar="PARAM", nargs="*",
                      help="name=string, name:=integer, or an unnamed value (value, =value, :=integer)")
     commands.add_parser("stats", parents=[common], help="the RabbitMQ worker's counters")
+    sub = commands.add_parser("health", parents=[common],
+                              help="exit 0 when the RabbitMQ worker runs and every broker is connected")
+    sub.add_argument("--worker-only", action="store_true",
+                     help="judge the worker alone, whatever the brokers (a liveness probe)")
     _add_listen(commands)
     return parser
 
@@ -170,6 +177,8 @@ def build_request(args) -> dict:
         return {"cmd": "subscribers", "event": args.event}
     if args.command == "raise":
         return {"cmd": "raise", "event": args.event, "params": [list(parse_param(p)) for p in args.params]}
+    if args.command == "health" and args.worker_only:
+        return {"cmd": "health", "worker_only": True}
     return {"cmd": args.command}
 
 
@@ -196,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2, ensure_ascii=False))
     else:
         print(RENDER[args.command](result))
-    failed = args.command == "raise" and not result["delivered"]
+    failed = ((args.command == "raise" and not result["delivered"])
+              or (args.command == "health" and not result["healthy"]))
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -277,7 +287,8 @@ SUBSCRIPTION_ORDER = ["raised", "queued", "published", "confirmed", "nacked", "u
                       "timeout", "dropped_queue_full", "dropped_expired", "too_large", "dropped_at_exit"]
 TOTALS_ORDER = ["jobs", "outstanding", "queue_depth", "held", "queued", "confirmed", "nacked", "unroutable",
                 "failed", "timeout", "replies_lost", "lost_with_dead_workers"]
-_NOT_TOTALS = {"pid", "time", "brokers", "subscriptions"}
+_NOT_TOTALS = {"pid", "time", "brokers", "subscriptions", "sync_wait"}
+_HISTOGRAMS = {"confirm_latency"}  # per broker: shown in the latency table, not as a column
 
 
 def _columns(rows: list[dict], preferred: list[str], skip: set[str]) -> list[str]:
@@ -299,7 +310,7 @@ def render_stats(stats: dict) -> str:
     parts.append("totals\n" + table(["COUNTER", "VALUE"], [[k, totals[k]] for k in keys]))
     brokers = stats.get("brokers") or {}
     if brokers:
-        columns = _columns(list(brokers.values()), BROKER_ORDER, set())
+        columns = _columns(list(brokers.values()), BROKER_ORDER, _HISTOGRAMS)
         rows = [[label] + [b.get(c) for c in columns] for label, b in brokers.items()]
         parts.append("brokers\n" + table(["BROKER"] + [c.upper() for c in columns], rows))
     subscriptions = stats.get("subscriptions") or []
@@ -307,11 +318,43 @@ def render_stats(stats: dict) -> str:
         columns = _columns(subscriptions, SUBSCRIPTION_ORDER, {"event", "socket"})
         rows = [[s.get("event"), s.get("socket")] + [s.get(c) for c in columns] for s in subscriptions]
         parts.append("subscriptions\n" + table(["EVENT", "SOCKET"] + [c.upper() for c in columns], rows))
+    latency = render_latency(stats)
+    if latency:
+        parts.append(latency)
     return "\n\n".join(parts)
 
 
+def render_latency(stats: dict) -> str:
+    """The worker's histograms: how many, the mean, and the buckets holding the median and the 99th."""
+    series = [(f"confirm {label}", b.get("confirm_latency")) for label, b in (stats.get("brokers") or {}).items()]
+    series.append(("sync wait", stats.get("sync_wait")))
+    rows = []
+    for name, snapshot in series:
+        count = sum(snapshot["counts"]) if snapshot else 0
+        if count:
+            rows.append([name, count, f"{snapshot['sum'] / count * 1000:.2f}",
+                         _bound_ms(quantile_bound(snapshot, 0.5)), _bound_ms(quantile_bound(snapshot, 0.99))])
+    if not rows:
+        return ""
+    return "latency (ms)\n" + table(["WHAT", "COUNT", "MEAN", "P50", "P99"], rows)
+
+
+def _bound_ms(bound: float) -> str:
+    return "> max" if bound == float("inf") else f"<= {bound * 1000:g}"
+
+
+def render_health(result: dict) -> str:
+    brokers = ", ".join(f"{label} {state}" for label, state in result.get("brokers", {}).items()) or "none yet"
+    age = "" if result.get("age") is None else f", counters {result['age']:g} s old"
+    worker = f"RabbitMQ worker pid {result['pid']}{age}" if result.get("pid") else "no RabbitMQ worker counters"
+    if result["healthy"]:
+        return f"healthy: {worker}; brokers: {brokers}"
+    return "\n".join([f"unhealthy: {worker}; brokers: {brokers}"] + [f"  {why}" for why in result["reasons"]])
+
+
 RENDER = {"subscribe": render_subscribe, "unsubscribe": render_unsubscribe, "events": render_events,
-          "subscribers": render_subscribers, "raise": render_raise, "stats": render_stats}
+          "subscribers": render_subscribers, "raise": render_raise, "stats": render_stats,
+          "health": render_health}
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ cmd             fields                         result
 ``subscribers`` [event]                        ``[{event, socket, expire, ttl}]``
 ``raise``       event, [params]                ``{event, delivered, deliveries: [{socket, status, reason}]}``
 ``stats``                                      the RabbitMQ worker's counters (``Service.stats()``)
+``health``      [worker_only]                  ``{healthy, reasons, pid, age, brokers}`` (``Service.health()``)
 ``ping``                                       ``{pid}``
 ==============  =============================  ===========================================
 
@@ -33,6 +34,7 @@ import time
 from opsevent import OpseventError, parse_socket
 from opsevent.payload import check_event_name
 from opsevent.subscriptions import check_expire
+from workers.health import judge
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +44,13 @@ class CommandError(ValueError):
 
 
 class Commands:
-    """``Commands(evi, stats)(line) -> reply``: *stats* is a callable returning the counters."""
+    """``Commands(evi, stats[, health])(line) -> reply``: *stats* returns the counters; *health*
+    (``health(worker_only)``) the verdict, judged from the counters alone when not given."""
 
-    def __init__(self, evi, stats):
+    def __init__(self, evi, stats, health=None):
         self.evi = evi
         self.stats = stats
+        self.health = health or (lambda worker_only: judge(self.stats(), worker_only=worker_only))
 
     def __call__(self, line: bytes) -> dict:
         try:
@@ -120,6 +124,11 @@ class Commands:
     def do_stats(self) -> dict:
         return self.stats()
 
+    def do_health(self, worker_only=False) -> dict:
+        if not isinstance(worker_only, bool):
+            raise CommandError(f"worker_only is true or false, not {worker_only!r}")
+        return self.health(worker_only)
+
 
 # cmd -> (required fields, optional fields)
 FIELDS = {
@@ -129,6 +138,7 @@ FIELDS = {
     "subscribers": ([], ["event"]),
     "raise": (["event"], ["params"]),
     "stats": ([], []),
+    "health": ([], ["worker_only"]),
     "ping": ([], []),
 }
 

@@ -20,7 +20,9 @@ What each hook does:
     queue, inherited by every gunicorn worker forked after it.  A string
     ``"module:attribute"`` is imported here, so the application module is
     loaded in the master whatever ``preload_app`` says (its EventInterface
-    must exist before the fork to be inherited).
+    must exist before the fork to be inherited).  With ``metrics_address``
+    the master serves the Prometheus endpoint too; the workers gunicorn
+    forks afterwards close their copy of its socket.
 ``on_exit`` (the master, after every worker is gone)
     ``service.stop()``: what is still queued is published (bounded by
     ``drain_timeout``).
@@ -49,7 +51,7 @@ log = logging.getLogger(__name__)
 class Hooks:
     def __init__(self, evi, **options):
         """``evi``: the EventInterface, or ``"module:attribute"`` naming it;
-        ``options``: ``workers.serve()``'s (``control_path``, ``install_logging``, ...).
+        ``options``: ``workers.serve()``'s (``control_path``, ``metrics_address``, ``install_logging``, ...).
         Nothing starts until gunicorn calls ``on_starting``."""
         self._evi = evi
         self.options = options

@@ -61,6 +61,8 @@ import os
 import random
 import re
 import time
+from bisect import bisect_right
+from operator import itemgetter
 
 import pika
 from pika import exceptions, spec
@@ -72,6 +74,7 @@ from opsevent import Status
 from workers import tls
 from workers.amqp import Publisher
 from workers.failback import PrimaryProbe
+from workers.histogram import Histogram
 from workers.tally import Tally
 
 log = logging.getLogger(__name__)
@@ -80,6 +83,7 @@ IDLE, CONNECTING, READY, CLOSING, CLOSED = "idle", "connecting", "ready", "closi
 SWITCHING = "switching"  # failing back: no new writes, waiting for confirms, then close
 RECHANNEL = "rechannel"  # nacked: no new writes, waiting for confirms, then a fresh channel
 _NO_EXCHANGE = re.compile(r"no exchange '(.*)' in vhost")
+_TAG = itemgetter(0)
 
 
 class Item:
@@ -120,6 +124,10 @@ class BrokerLink:
         self.last_error = ""
         self.sync_waiting = 0  # unresolved items whose caller waits: the sweep looks only then
         self.stats = collections.Counter()
+        self.confirm_latency = Histogram()  # seconds from a publish's flush to its ack or nack
+        # (last delivery tag, monotonic time) of each flush with publishes not all settled: timing
+        # a confirm costs one look-up per flush it covers, and a publish costs nothing.
+        self._flushed: collections.deque[tuple[int, float]] = collections.deque()
         self._conn = None
         self._channel = None
         self._publisher = None
@@ -186,6 +194,7 @@ class BrokerLink:
         if self._out:
             data = b"".join(self._out)
             self._out = []
+            self._flushed.append((self._tag, time.monotonic()))
             self._send(data)
 
     def _send(self, data: bytes) -> None:
@@ -225,7 +234,8 @@ class BrokerLink:
                 "blocked": bool(self.blocked), "pending": waiting, "inflight": len(self.inflight),
                 "backlog": waiting + len(self.inflight),
                 "reconnects": max(0, self.stats["connects"] - 1),
-                "last_error": self.last_error, "failovers": 0, "failbacks": 0, **self.stats}
+                "last_error": self.last_error, "failovers": 0, "failbacks": 0, **self.stats,
+                "confirm_latency": self.confirm_latency.snapshot()}
 
     # ---- connection ----------------------------------------------------------
 
@@ -284,6 +294,7 @@ class BrokerLink:
         self._publisher = Publisher(self._channel.channel_number,
                                     self._conn.params.frame_max)
         self._tag = 0
+        self._flushed.clear()  # delivery tags start again on a new channel
         self.state = READY
         if not self._new_connection:  # a fresh channel on a working connection
             self.stats["channels_reopened"] += 1
@@ -417,6 +428,7 @@ class BrokerLink:
         self.blocked = ""
         self._conn = self._channel = self._publisher = None
         self._out = []
+        self._flushed.clear()
         self._trial, self._trial_due = None, False
         if self._channel_timer is not None:
             self.ioloop.remove_timeout(self._channel_timer)
@@ -449,6 +461,8 @@ class BrokerLink:
         else:
             item = inflight.pop(method.delivery_tag, None)
             settled = () if item is None else ((method.delivery_tag, item),)
+        if settled:
+            self._time_confirms(settled)
         if not isinstance(method, spec.Basic.Ack):
             self._on_nack(settled)
         else:
@@ -464,6 +478,24 @@ class BrokerLink:
                     self._drain_pending()
         if self.state is RECHANNEL and not self.inflight:
             self._finish_rechannel(time.monotonic())
+
+    def _time_confirms(self, settled) -> None:
+        """Count the confirm latency of *settled* ((tag, item), by tag): one observation per flush."""
+        now = time.monotonic()
+        flushed, first, last = self._flushed, 0, len(settled)
+        for flush_tag, flushed_at in flushed:
+            if settled[first][0] > flush_tag:
+                continue  # an older flush still waiting for a confirm that came out of order
+            # Usually the rest all went out in this flush: no search then.
+            end = last if settled[-1][0] <= flush_tag else bisect_right(settled, flush_tag, first, last, key=_TAG)
+            self.confirm_latency.observe(now - flushed_at, end - first)
+            first = end
+            if first == last:
+                break
+        # Forget the flushes whose every publish is settled (inflight is in tag order).
+        oldest = next(iter(self.inflight), None)
+        while flushed and (oldest is None or flushed[0][0] < oldest):
+            flushed.popleft()
 
     def _on_nack(self, settled) -> None:
         """The broker did not take these: keep them for a fresh channel, and stop writing to this one."""

@@ -30,6 +30,7 @@ from opsevent import RabbitMQSocket, Status
 from workers import job, logs, tls
 from workers.amqp import MessageProperties
 from workers.channel import Replier, private_socket, receive_own
+from workers.histogram import Histogram
 from workers.jobqueue import JobQueue
 from workers.link import BrokerLink, Item
 from workers.process import (accept_stop_signals, close_inherited_listeners, reset_signals,
@@ -69,14 +70,15 @@ class _Target:
 class Job:
     """A job with more than one outcome to wait for: a sync job, or an async one with several subscribers."""
 
-    __slots__ = ("seq", "reply", "statuses", "remaining", "deadline")
+    __slots__ = ("seq", "reply", "statuses", "remaining", "deadline", "raised_at")
 
-    def __init__(self, seq, reply, n, deadline=None):
+    def __init__(self, seq, reply, n, deadline=None, raised_at=0.0):
         self.seq = seq
         self.reply = reply  # the caller's reply address; None for async
         self.statuses = [None] * n
         self.remaining = n
         self.deadline = deadline
+        self.raised_at = raised_at  # monotonic time of the raise, in the front-end (one clock per machine)
 
 
 class RabbitMQWorker:
@@ -98,6 +100,7 @@ class RabbitMQWorker:
         self._failures: dict[Status, Tally] = {}  # async failures by status, logged while they last
         self._targets: dict[tuple[bytes, bytes], tuple] = {}  # (event, sockets bytes) -> _Target per subscriber
         self.subscriptions = SubscriptionStats()
+        self.sync_wait = Histogram()  # seconds from a sync raise to its reply, as the worker sees it
 
     # ---- life cycle ------------------------------------------------------------
 
@@ -230,7 +233,7 @@ class RabbitMQWorker:
             deadline = raised_at + timeout - min(0.05, timeout / 10)
         # Nobody waits for an async job's statuses: one shared record serves
         # every single-subscriber one; it is done when its one item is.
-        record = _ASYNC if reply is None and n == 1 else Job(seq, reply, n, deadline)
+        record = _ASYNC if reply is None and n == 1 else Job(seq, reply, n, deadline, raised_at)
         if reply is not None:
             if deadline <= time.monotonic():
                 for i, t in enumerate(targets):
@@ -287,6 +290,7 @@ class RabbitMQWorker:
         if job.remaining == 0:
             self.jobs.finished()
             if job.reply is not None:
+                self.sync_wait.observe(time.monotonic() - job.raised_at)
                 self.replier.add(job.reply, job.seq, job.statuses, job.deadline)
 
     def _on_inbox(self, _unused_fd, _unused_events) -> None:
@@ -340,7 +344,7 @@ class RabbitMQWorker:
                 "replies_lost": self.replier.lost, "held": self.jobs.held(), "unspooled": self.jobs.unspooled,
                 "lost_with_dead_workers": self.jobs.lost(), "worker_starts": self.jobs.readers(),
                 "brokers": {link.label: link.snapshot() for link in self.links.values()},
-                "subscriptions": self.subscriptions.rows()}
+                "subscriptions": self.subscriptions.rows(), "sync_wait": self.sync_wait.snapshot()}
 
     def write_stats(self) -> None:
         if self.stats_path is None:

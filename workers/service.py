@@ -50,7 +50,7 @@ import tempfile
 import threading
 import time
 
-from workers import logs
+from workers import health, logs
 from workers.channel import JobSender
 from workers.commands import Commands
 from workers.control import ControlServer
@@ -78,7 +78,8 @@ class AlreadyServed(RuntimeError):
 
 class Service:
     def __init__(self, evi, *, install_logging: bool = False, quiet_pika: bool = False,
-                 control_path: str | None = None, table_size: int = TABLE_SIZE, watch: bool = True):
+                 control_path: str | None = None, table_size: int = TABLE_SIZE, watch: bool = True,
+                 metrics_address: tuple[str, int] | None = None):
         """``install_logging``: route every forked process's log records to this
         process's root handlers (``workers/logs.py``); off by default, when each
         process logs through its own inherited handlers.  ``quiet_pika``: in the
@@ -89,6 +90,9 @@ class Service:
         bytes.  ``watch``: a thread of this process forks the worker and
         replaces it when it dies (``serve()``); False leaves that to the caller's
         loop (``check_worker()``, as the ``Supervisor`` does).
+        ``metrics_address``: ``(host, port)`` where a thread of this process
+        serves the worker's counters to Prometheus over HTTP
+        (``workers/metrics.py``; needs the ``metrics`` extra), or None.
         Pre-fork: configuration only; nothing exists until start().
         """
         self.evi = evi
@@ -98,6 +102,8 @@ class Service:
         self.control_path = control_path
         self.table_size = table_size
         self.watch = watch
+        self.metrics_address = metrics_address
+        self.metrics = None  # the MetricsServer while it serves
         self.control: ControlServer | None = None
         self.shared: SharedSubscriptions | None = None
         self.jobs: JobQueue | None = None
@@ -136,7 +142,9 @@ class Service:
             raise
         try:
             if self.control_path is not None:
-                self.control = ControlServer(self.control_path, Commands(self.evi, self.stats)).open()
+                self.control = ControlServer(self.control_path, Commands(self.evi, self.stats, self.health)).open()
+            if self.metrics_address is not None:
+                self.metrics = _metrics_server(self.metrics_address, self)
             self.shared = self.evi.subscriptions = shared
             self._owner_pid = os.getpid()
             self._stats_dir = tempfile.mkdtemp(prefix="opsevent-")
@@ -177,9 +185,7 @@ class Service:
 
     def _undo_start(self, shared: SharedSubscriptions, original) -> None:
         """Take back whatever a start() that failed half-way had made; each step bounded."""
-        if self.control is not None:
-            self.control.stop()
-            self.control = None
+        self._stop_servers()
         self._stop_watcher()
         if self.process is not None:
             if self.process.kill():  # it has had no job: nothing to drain
@@ -303,7 +309,10 @@ class Service:
         ``endpoint``, ``backlog`` (= ``pending`` + ``inflight``),
         ``published``, ``connects``, ``reconnects``, ``connection_lost``,
         ``republished``, ``failovers``, ``failbacks``, ``dropped_expired``,
-        ``last_error``; and ``subscriptions``: one row per event and
+        ``last_error``, ``confirm_latency`` (a histogram: ``{bounds, counts,
+        sum}``, seconds from writing a publish to its ack or nack,
+        ``workers/histogram.py``); ``sync_wait`` (the same, from a sync raise to
+        its reply); and ``subscriptions``: one row per event and
         subscriber (socket text, password masked) with ``raised`` (=
         ``queued`` + ``dropped_at_exit`` + ``dropped_queue_full`` +
         ``too_large``), ``queued``,
@@ -322,6 +331,28 @@ class Service:
         except (FileNotFoundError, TypeError):
             return {}
 
+    def health(self, worker_only: bool = False) -> dict:
+        """Whether the worker runs and every broker it knows is connected (``workers/health.py``).
+
+        ``{"healthy": bool, "reasons": [why not, ...], "pid", "age", "brokers": {label: state}}``;
+        ``worker_only`` leaves the brokers out (for a liveness probe).  Reads
+        the stats file, and in the serving process also looks at the worker
+        process itself: never waits more than a second.
+        """
+        if self.jobs is None:
+            return {"healthy": False, "reasons": ["the RabbitMQ worker service is not running"],
+                    "pid": None, "age": None, "brokers": {}}
+        verdict = health.judge(self.stats(), worker_only=worker_only)
+        if os.getpid() == self._owner_pid and self._lock.acquire(timeout=1.0):
+            try:  # the watcher may be replacing the process: look while it cannot
+                alive = self.process is not None and self.process.is_alive()
+            finally:
+                self._lock.release()
+            if not alive:
+                verdict["reasons"].insert(0, f"{WORKER_NAME} is not running (being replaced, or given up)")
+                verdict["healthy"] = False
+        return verdict
+
     # ---- stop -------------------------------------------------------------------------
 
     def stop(self) -> None:
@@ -333,9 +364,7 @@ class Service:
         if self.jobs is None or os.getpid() != self._owner_pid:
             return
         atexit.unregister(self._stop_at_exit)
-        if self.control is not None:
-            self.control.stop()
-            self.control = None
+        self._stop_servers()
         # This process's own buffered jobs (control-socket raises, say) first.
         self.sender.at_exit()
         self._stop_watcher()
@@ -355,6 +384,15 @@ class Service:
             self.jobs = None
             shutil.rmtree(self._stats_dir, ignore_errors=True)
             self._undo_logging()
+
+    def _stop_servers(self) -> None:
+        """The control socket and the metrics endpoint, each bounded."""
+        if self.control is not None:
+            self.control.stop()
+            self.control = None
+        if self.metrics is not None:
+            self.metrics.stop()
+            self.metrics = None
 
     def _stop_worker(self) -> None:
         process = self.process
@@ -405,6 +443,16 @@ class Service:
     def serving(self) -> bool:
         """True while started and not stopped (in the process that started it)."""
         return self.jobs is not None
+
+
+def _metrics_server(address, service: Service):
+    """The metrics endpoint for *service*, bound and serving; a clear error without prometheus-client."""
+    try:
+        from workers.metrics import Collector, MetricsServer
+    except ImportError as exc:
+        raise ImportError(f"metrics_address needs prometheus-client ({exc}): pip install 'opsevent[metrics]'") \
+            from None
+    return MetricsServer(address, Collector(service)).start()
 
 
 def _refuse_if_served(evi) -> None:

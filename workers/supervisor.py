@@ -29,13 +29,15 @@ log = logging.getLogger(__name__)
 class Supervisor:
     def __init__(self, evi, target, processes: int = 4, *, restart: str = "on-failure",
                  stop_grace: float = 3.0, install_logging: bool = False, quiet_pika: bool = False,
-                 control_path: str | None = None):
+                 control_path: str | None = None, metrics_address: tuple[str, int] | None = None):
         """``restart`` says what happens when a front-end exits before a stop:
         ``"on-failure"`` (default) starts a new one if it crashed (non-zero exit),
         ``"always"`` also when it returned, ``"never"`` leaves it gone.  A rank
         that crashes ``CRASH_LIMIT`` times within ``CRASH_WINDOW`` s is not
         restarted again.  ``control_path``: a unix socket (mode 0600) where the
         ``opsevent`` CLI manages subscriptions and reads stats while it runs.
+        ``metrics_address``: ``(host, port)`` where this process serves
+        Prometheus metrics over HTTP (see ``Service``), or None.
         ``install_logging`` and ``quiet_pika``: see ``Service``.  It installs
         handlers for SIGTERM and SIGINT while it runs (put back by ``stop()``),
         so run it in the main thread.
@@ -54,7 +56,7 @@ class Supervisor:
         self.processes = processes
         self.stop_grace = stop_grace
         self.service = Service(evi, install_logging=install_logging, quiet_pika=quiet_pika,
-                               control_path=control_path, watch=False)
+                               control_path=control_path, watch=False, metrics_address=metrics_address)
         self.ctx = multiprocessing.get_context("fork")
         self.frontends: dict[int, multiprocessing.Process] = {}
         self.exit_codes: dict[int, int] = {}
@@ -98,6 +100,10 @@ class Supervisor:
     def stats(self) -> dict:
         """The RabbitMQ worker's latest counters; see ``Service.stats()``."""
         return self.service.stats()
+
+    def health(self, worker_only: bool = False) -> dict:
+        """Whether the worker runs and every broker is connected; see ``Service.health()``."""
+        return self.service.health(worker_only)
 
     def handle_signal(self, signum: int) -> None:
         log.info("%s received: stopping", signal.Signals(signum).name)
