@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import multiprocessing
 import os
 import re
+import shutil
 import socket
 import stat
+import tempfile
 import threading
 import time
 
@@ -22,7 +25,7 @@ from workers.broker import consume, declare_queue, queue_count
 from workers.commands import Commands
 from workers.control import ControlError, ControlServer, request
 
-from helpers import opsevent_cli, wait_for
+from helpers import as_another_user, opsevent_cli, wait_for
 
 FORK = multiprocessing.get_context("fork")
 FRONTENDS = 3
@@ -53,6 +56,80 @@ def test_the_control_socket_is_mode_0600_and_removed_at_stop(tmp_path):
         assert request(str(path), {"cmd": "ping"})["pid"] == os.getpid()
         assert [p.name for p in tmp_path.iterdir()] == ["ctl"]  # no staging directory left
     assert not path.exists()
+
+
+@pytest.fixture
+def open_dir():
+    """A directory any user may enter and list (0755): there only the socket's own mode keeps others out."""
+    path = tempfile.mkdtemp(prefix="opsevent-ctl-")
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def connect_errno(path: str) -> str:
+    """What connecting to *path* gives this process: "connected", or the errno's name."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(path)
+        except OSError as exc:
+            return errno.errorcode[exc.errno]
+    return "connected"
+
+
+def test_another_user_is_refused_by_the_control_socket_and_told_why(open_dir):
+    path = os.path.join(open_dir, "ctl")
+
+    def ping():  # as uid 65534, which can see the socket's directory
+        try:
+            answer = request(path, {"cmd": "ping"}, timeout=2)
+        except ControlError as exc:
+            answer = str(exc)
+        return os.listdir(open_dir), connect_errno(path), answer
+
+    with serving(quiet_server(path)):
+        listing, raw, answer = as_another_user(ping)
+        assert request(path, {"cmd": "ping"})["pid"] == os.getpid()  # its own user gets in
+    assert listing == ["ctl"] and raw == "EACCES"
+    assert answer == (f"no running supervisor (or workers.serve) at control socket {path}: permission denied "
+                      f"(the socket is mode 0600: run as the user that started the service)")
+
+
+def test_the_control_socket_is_never_reachable_by_another_user_while_it_is_being_made(open_dir, monkeypatch):
+    path = os.path.join(open_dir, "ctl")
+    probes = []  # (step, socket file relative to open_dir, what uid 65534's connect got)
+
+    def probe(step):
+        for folder, _dirs, files in os.walk(open_dir):
+            for name in files:
+                where = os.path.join(folder, name)
+                if stat.S_ISSOCK(os.lstat(where).st_mode):
+                    probes.append((step, os.path.relpath(where, open_dir),
+                                   as_another_user(lambda: connect_errno(where))))
+
+    def after(step, call):
+        def wrapped(*args, **kwargs):
+            result = call(*args, **kwargs)
+            probe(step)
+            return result
+        return wrapped
+
+    # After each step that makes, opens or moves the socket file, another user tries every socket file there.
+    monkeypatch.setattr(socket.socket, "bind", after("bind", socket.socket.bind))
+    monkeypatch.setattr(socket.socket, "listen", after("listen", socket.socket.listen))
+    monkeypatch.setattr(os, "chmod", after("chmod", os.chmod))
+    monkeypatch.setattr(os, "rename", after("rename", os.rename))
+    umask = os.umask(0)  # the worst case: bind() alone would make the socket file 0777
+    try:
+        server = quiet_server(path)
+    finally:
+        os.umask(umask)
+        monkeypatch.undo()
+    with serving(server):
+        assert request(path, {"cmd": "ping"})["pid"] == os.getpid()
+    assert {got for _step, _where, got in probes} == {"EACCES"}, probes
+    assert [step for step, _where, _got in probes] == ["bind", "chmod", "listen", "rename"], probes
+    assert probes[-1][1] == "ctl"
 
 
 def test_a_service_that_fails_to_start_leaves_no_control_socket_nor_shared_table(tmp_path, monkeypatch):
