@@ -75,3 +75,20 @@ def as_another_user(action, uid: int = ANOTHER_UID):
         raise AssertionError(f"the process of uid {uid} failed: {text or 'no report'} "
                              f"(exit {os.waitstatus_to_exitcode(status)})")
     return ast.literal_eval(text)
+
+
+def boottime() -> float:
+    """Seconds since boot (CLOCK_BOOTTIME): the clock of ``started_at``."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def started_at(pid: int) -> float:
+    """When process ``pid`` was forked, in ``boottime()`` seconds (to 1/CLK_TCK: 10 ms).
+
+    How long a supervisor took to replace a dead process is the new one's
+    start less the death: what the test's own polling and scheduling add
+    afterwards is not in it.
+    """
+    with open(f"/proc/{pid}/stat") as f:
+        ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+    return ticks / os.sysconf("SC_CLK_TCK")
