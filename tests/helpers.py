@@ -92,3 +92,25 @@ def started_at(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+# A broker user with a real password, for every test that shows sockets, stats, logs or
+# results: whatever they print must never hold SECRET (guest:guest would prove nothing).
+SECRET_USER, SECRET = "opsuser", "pw-Q7x9-s3cr3t"
+
+
+def add_secret_user(broker) -> None:
+    """Give ``broker`` the user SECRET_USER, password SECRET, with every right on vhost ``/``."""
+    broker.ctl("add_user", SECRET_USER, SECRET)
+    broker.ctl("set_permissions", "-p", "/", SECRET_USER, ".*", ".*", ".*")
+
+
+def secret_socket(broker, routing_key: str, **options) -> str:
+    """``broker.socket(...)`` as SECRET_USER, password SECRET (``add_secret_user`` first)."""
+    return broker.socket(routing_key, user=SECRET_USER, password=SECRET, **options)
+
+
+def assert_no_secret(*texts: str) -> None:
+    """SECRET is in none of ``texts``."""
+    for text in texts:
+        assert SECRET not in text, f"the password is shown: {text[max(0, text.find(SECRET) - 200):][:400]!r}"

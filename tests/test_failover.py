@@ -24,7 +24,7 @@ import workers
 from opsevent import Status, parse_socket
 from workers.broker import PrivateBroker, _port_accepts, declare_queue
 from workers.link import BrokerLink
-from helpers import wait_for
+from helpers import SECRET, SECRET_USER, add_secret_user, wait_for
 from tcpproxy import TcpProxy
 from test_faults import assert_ids_kept, drain_queue, event_body, link_stats, settled, worker_logs
 
@@ -34,7 +34,10 @@ pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
 @pytest.fixture(scope="module")
 def two_brokers():
     with contextlib.ExitStack() as stack:
-        yield stack.enter_context(PrivateBroker()), stack.enter_context(PrivateBroker())
+        brokers = stack.enter_context(PrivateBroker()), stack.enter_context(PrivateBroker())
+        for b in brokers:
+            add_secret_user(b)
+        yield brokers
 
 
 @pytest.fixture
@@ -82,7 +85,7 @@ def two_host_socket(brokers, queue_name) -> tuple[str, str]:
     """A socket whose hosts are both brokers (primary first), with the queue on each; and its label."""
     for b in brokers:
         declare_queue(b, queue_name)
-    sock = f"rabbitmq:127.0.0.1:{brokers[0].port},127.0.0.1:{brokers[1].port}/{queue_name}"
+    sock = f"rabbitmq:{SECRET_USER}:{SECRET}@127.0.0.1:{brokers[0].port},127.0.0.1:{brokers[1].port}/{queue_name}"
     return sock, parse_socket(sock).broker_label
 
 
@@ -154,7 +157,7 @@ def test_events_in_flight_when_the_primary_goes_are_published_on_the_next_host_w
     # The primary behind a proxy that can lose bytes: the events in flight never reach it, so
     # each arrives only as the copy published again on the secondary.
     with TcpProxy(primary.port, process=True) as proxy:
-        sock = f"rabbitmq:127.0.0.1:{proxy.port},127.0.0.1:{secondary.port}/{queue_name}"
+        sock = f"rabbitmq:{SECRET_USER}:{SECRET}@127.0.0.1:{proxy.port},127.0.0.1:{secondary.port}/{queue_name}"
         label = parse_socket(sock).broker_label
         evi = opsevent.EventInterface(persistent=True, failback=False, connect_timeout=1.0,
                                       reconnect_min=0.1, reconnect_max=0.5)

@@ -30,7 +30,7 @@ from opsevent import Status, parse_socket
 from workers.broker import PrivateBroker, _port_accepts, consume, declare_queue, delete_queue, queue_count
 from workers.jobqueue import _bytes_in
 from tcpproxy import TcpProxy
-from helpers import boottime, started_at, wait_for
+from helpers import add_secret_user, assert_no_secret, boottime, secret_socket, started_at, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
 
@@ -169,7 +169,7 @@ class Records(logging.Handler):
 
 @contextlib.contextmanager
 def worker_logs():
-    """Records from every process, as the main process's handlers get them.
+    """Records from every process, as the main process's handlers get them; none may show SECRET.
 
     Enter it before ``workers.serve(evi, install_logging=True)``, which routes the children's records
     to the root logger's handlers present at that moment (multiprocessing-logging).
@@ -184,6 +184,8 @@ def worker_logs():
     finally:
         time.sleep(0.3)  # the last records cross the log pipe (polled every 0.2 s)
         root.removeHandler(handler)
+    formatter = logging.Formatter("%(processName)s %(name)s %(message)s")
+    assert_no_secret(*(formatter.format(record) for record in handler.records))
 
 
 def event_body(event: str, rank: int, seq: int) -> bytes:
@@ -249,6 +251,7 @@ def run_frontends(evi, event, ranks, rate, seconds):
 @pytest.fixture(scope="module")
 def own_broker():
     with PrivateBroker() as b:
+        add_secret_user(b)
         yield b
 
 
@@ -344,7 +347,7 @@ def test_events_beyond_the_backlog_bounds_are_dropped_counted_and_summarised_whi
         fault_broker, queue_name):
     b = fault_broker
     declare_queue(b, queue_name)
-    sock = b.socket(queue_name)
+    sock = secret_socket(b, queue_name)
     label = label_of(sock)
     age = 5.0  # long enough for the last 100 to outlive a start_app
     evi = opsevent.EventInterface(persistent=True, backlog_size=300, backlog_age=age,
@@ -396,7 +399,7 @@ def test_events_beyond_the_backlog_bounds_are_dropped_counted_and_summarised_whi
 def test_reconnect_attempts_back_off_exponentially_with_jitter_up_to_the_cap(fault_broker, queue_name):
     b = fault_broker
     declare_queue(b, queue_name)
-    sock = b.socket(queue_name)
+    sock = secret_socket(b, queue_name)
     label = label_of(sock)
     evi = opsevent.EventInterface(reconnect_min=0.1, reconnect_max=0.8)
     evi.subscribe_event("E_BACKOFF", sock)
@@ -682,7 +685,7 @@ def test_wrong_credentials_fail_clearly_log_once_per_backoff_and_leave_other_bro
     b = fault_broker
     declare_queue(b, queue_name)
     bad_sock = b.socket(queue_name, user="intruder", password="s3cret-pw")
-    good_sock = b.socket(queue_name)
+    good_sock = secret_socket(b, queue_name)
     bad_label = label_of(bad_sock)
     evi = opsevent.EventInterface(sync_mode=True, sync_timeout=1.0, reconnect_min=0.2, reconnect_max=1.0)
     evi.subscribe_event("E_BAD", bad_sock)
@@ -723,7 +726,8 @@ def test_wrong_credentials_fail_clearly_log_once_per_backoff_and_leave_other_bro
         assert after.created - before.created >= delay - 0.05, "logged more than once per backoff interval"
     assert all(d <= 1.0 for d in delays)
     assert not any("s3cret-pw" in r.getMessage() for r in logs.records)
-    assert "s3cret-pw" not in bad.reason
+    assert "s3cret-pw" not in bad.reason and "s3cret-pw" not in repr(bad)
+    assert_no_secret(repr(good), repr(failing))
     assert len(consume(b, queue_name, 30, timeout=10)) == 30
 
 
@@ -775,7 +779,7 @@ def test_jobs_in_flight_to_a_missing_exchange_fail_with_the_reason_and_the_good_
 
 def test_an_unroutable_event_is_reported_to_a_sync_caller_and_counted_for_async_ones(fault_broker, queue_name):
     b = fault_broker
-    unbound = b.socket(queue_name + ".nobody")  # no queue of that name: the default exchange returns it
+    unbound = secret_socket(b, queue_name + ".nobody")  # no queue of that name: the default exchange returns it
     evi = opsevent.EventInterface(sync_mode=True)
     evi.subscribe_event("E_NOWHERE", unbound)
     async_evi = opsevent.EventInterface()
@@ -790,6 +794,7 @@ def test_an_unroutable_event_is_reported_to_a_sync_caller_and_counted_for_async_
             wait_for(lambda: service.stats().get("unroutable") == 51, 5, "51 unroutable events counted")
     assert sync.status is Status.UNROUTABLE
     assert "unroutable" in sync.reason and queue_name + ".nobody" in sync.reason
+    assert_no_secret(repr(sync), sync.reason)
     assert service.final_stats["unroutable"] == 51
     # 50 async ones: the first line at once, then their total (at the latest when the worker stops).
     lines = [r.getMessage() for r in logs.matching("unroutable")]

@@ -18,7 +18,7 @@ import opsevent
 import workers
 from opsevent import Status
 from workers.broker import consume, queue_count
-from helpers import wait_for
+from helpers import secret_socket, wait_for
 from test_faults import event_body, link_stats, label_of, settled, worker_logs
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
@@ -87,9 +87,10 @@ def test_a_sync_raise_is_retried_while_its_caller_waits_and_answered_nacked_when
     assert consume(broker, queue_name, 1, properties=True)[0][1].message_id == taken.message_id
 
 
-def test_async_events_nacked_until_they_outgrow_backlog_age_are_dropped_counted_and_summarised(broker, queue_name):
+def test_async_events_nacked_until_they_outgrow_backlog_age_are_dropped_counted_and_summarised(
+        broker, secret_user, queue_name):
     declare_bounded_queue(broker, queue_name, 1)
-    sock = broker.socket(queue_name)
+    sock = secret_socket(broker, queue_name)
     label = label_of(sock)
     evi = opsevent.EventInterface(backlog_age=1.0, **FAST_RETRIES)
     evi.subscribe_event("E_NACK", sock)
