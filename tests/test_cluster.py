@@ -19,7 +19,6 @@ unknown outcome: counted, and its reason says so.
 from __future__ import annotations
 
 import collections
-import contextlib
 import threading
 import time
 from dataclasses import dataclass

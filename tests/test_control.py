@@ -21,7 +21,7 @@ import opsevent
 import workers
 from opsevent import decode_event
 from workers import control
-from workers.broker import consume, declare_queue, queue_count
+from workers.broker import consume, queue_count
 from workers.commands import Commands
 from workers.control import ControlError, ControlServer, request
 

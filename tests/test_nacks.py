@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import threading
-import time
 
 import pytest
 
