@@ -45,6 +45,8 @@ from workers.broker import (
     delete_queue,
 )
 
+from helpers import SECRET_USER, add_secret_user
+
 # -- environment for the broker pytest-rabbitmq starts (read when it starts) ---
 os.environ["RABBITMQ_NODE_IP_ADDRESS"] = LOOPBACK
 os.environ["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"] = LOOPBACK_DIST_ARGS
@@ -99,6 +101,13 @@ def broker(rabbitmq_proc) -> RunningBroker:
         b.thaw()
     except Exception:
         pass
+
+
+@pytest.fixture(scope="session")
+def secret_user(broker) -> str:
+    """The session broker's user with a real password (helpers.SECRET_USER / SECRET)."""
+    add_secret_user(broker)
+    return SECRET_USER
 
 
 @pytest.fixture

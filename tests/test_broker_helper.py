@@ -186,10 +186,14 @@ def test_the_memory_alarm_blocks_publishers_until_cleared(broker, clean_queue):
 
 
 def test_a_private_broker_starts_on_loopback_and_stops_leaving_nothing_behind():
+    t0 = time.monotonic()
     with PrivateBroker(start_timeout=60) as b:
+        entered_after = time.monotonic() - t0
         assert b.host == "127.0.0.1" and b.port not in (5672, 25672)
         assert b.node == f"opsevent-{b.port}@localhost"
-        assert b.startup_seconds < 60
+        # What the start measured (bench prints it): nearly all of the time this test waited for it.
+        assert 0 < b.startup_seconds <= entered_after, (b.startup_seconds, entered_after)
+        assert b.startup_seconds >= 0.5 * entered_after, (b.startup_seconds, entered_after)
         folder, pid = b.tmpdir, b.beam_pid()
         with socket.create_connection((b.host, b.port), timeout=5):
             pass

@@ -9,8 +9,10 @@ import time
 
 from opsevent import Status, parse_socket
 from workers.channel import JobSender, Replier, ReplyBox
-from workers import job
+from workers import channel, job
 from workers.jobqueue import JobQueue
+
+from helpers import ANOTHER_UID, as_another_user
 
 FORK = multiprocessing.get_context("fork")
 SOCKET = parse_socket("rabbitmq:127.0.0.1/q")
@@ -151,17 +153,17 @@ def test_jobs_the_worker_reads_ahead_free_their_slots_so_a_dying_worker_takes_no
 def test_a_reply_forged_by_another_users_process_is_dropped_and_the_real_one_is_read():
     box, replier = ReplyBox(), Replier()
     box.expect(5)
-    pid = os.fork()
-    if pid == 0:  # another user (nobody) forges the worker's answer
-        try:
-            os.setgid(65534)
-            os.setuid(65534)
-            reply(Replier(), box.address, 5, (("confirmed", "forged"),))
-        finally:
-            os._exit(0)
-    os.waitpid(pid, 0)
+    dropped_before = channel._foreign
+
+    def forge():  # another user (nobody) sends the worker's answer first
+        forger = Replier()
+        reply(forger, box.address, 5, (("confirmed", "forged"),))
+        return forger.sent, forger.lost, os.getuid()
+
+    assert as_another_user(forge) == (1, 0, ANOTHER_UID)  # really sent, from uid 65534
     reply(replier, box.address, 5, (("failed", "the real one"),))
     assert box.wait(5, time.monotonic() + 2) == (("failed", "the real one"),)
+    assert channel._foreign == dropped_before + 1  # the forged datagram arrived, and was dropped
 
 
 def test_a_child_forked_while_another_thread_holds_the_senders_locks_still_raises():

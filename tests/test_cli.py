@@ -9,11 +9,11 @@ import pytest
 
 import opsevent
 import workers
-from opsevent import decode_event
+from opsevent import Status, decode_event
 from workers.broker import consume
 from workers.cli import UsageError, main, parse_expire, parse_param, render_stats, table
 
-from helpers import opsevent_cli
+from helpers import SECRET, assert_no_secret, opsevent_cli, secret_socket, wait_for
 
 # ---- the grammar ------------------------------------------------------------------------------
 
@@ -130,54 +130,73 @@ def test_stats_before_the_first_snapshot_say_so():
 # ---- end to end: the CLI as a subprocess against a running service -----------------------------
 
 @pytest.mark.broker
-def test_a_session_subscribe_list_raise_unsubscribe_through_the_cli(broker, clean_queue, tmp_path):
+def test_a_session_subscribe_list_raise_unsubscribe_through_the_cli(broker, secret_user, clean_queue, tmp_path):
     path = str(tmp_path / "ctl")
     env = {"OPSEVENT_CONTROL": path}
+    sock = secret_socket(broker, clean_queue)
+    outs = []
     with workers.serve(opsevent.EventInterface(), control_path=path, install_logging=False):
-        out = opsevent_cli("subscribe", "E_CLI", broker.socket(clean_queue), env=env)
+        out = opsevent_cli("subscribe", "E_CLI", sock, env=env)
+        outs.append(out)
         assert (out.returncode, out.stderr) == (0, "")
-        assert out.stdout.strip() == (f"subscribed rabbitmq:guest:***@127.0.0.1:{broker.port}/"
+        assert out.stdout.strip() == (f"subscribed rabbitmq:{secret_user}:***@127.0.0.1:{broker.port}/"
                                       f"{clean_queue} to E_CLI (never expires)")
         out = opsevent_cli("--json", "raise", "E_CLI", "user=alice", "n:=42", "zip=01234",
                            "=a=b", "msg=hi, \"there\"\n", env=env)
+        outs.append(out)
         assert out.returncode == 0, out.stderr
         result = json.loads(out.stdout)
         assert result["delivered"] is True
         assert [d["status"] for d in result["deliveries"]] == ["queued"]
+        assert [d["socket"] for d in result["deliveries"]] == [
+            f"rabbitmq:{secret_user}:***@127.0.0.1:{broker.port}/{clean_queue}"]
         ((body, props),) = consume(broker, clean_queue, 1, properties=True)
         assert props.message_id == result["message_id"]
         assert decode_event(body) == ("E_CLI", [("user", "alice"), ("n", "42"), ("zip", "01234"),
                                                 (None, "a=b"), ("msg", 'hi, "there"\n')])
-        assert body == opsevent.encode_event("E_CLI", [("user", "alice"), ("n", 42), ("zip", "01234"),
-                                                       (None, "a=b"), ("msg", 'hi, "there"\n')])
+        # The guide's line format, written out: a value with ',' '"' or LF is quoted, '"' escaped.
+        assert body == b'E_CLI\nuser::alice\nn::42\nzip::01234\na=b\nmsg::"hi, \\"there\\"\n"\n'
+        out = opsevent_cli("raise", "E_CLI", "n:=1", env=env)
+        outs.append(out)
+        assert out.returncode == 0 and out.stdout.startswith("E_CLI raised: 1 of 1 subscribers ok"), out.stdout
+        assert consume(broker, clean_queue, 1) == [b"E_CLI\nn::1\n"]
         out = opsevent_cli("events", env=env)
         assert out.stdout.splitlines() == ["EVENT  SUBSCRIBERS", "E_CLI            1"]
-        out = opsevent_cli("unsubscribe", "E_CLI", broker.socket(clean_queue), env=env)
-        assert out.returncode == 0 and out.stdout.startswith("unsubscribed rabbitmq:guest:***@")
-        out = opsevent_cli("unsubscribe", "E_CLI", broker.socket(clean_queue), env=env)
+        out = opsevent_cli("unsubscribe", "E_CLI", sock, env=env)
+        outs.append(out)
+        assert out.returncode == 0 and out.stdout.startswith(f"unsubscribed rabbitmq:{secret_user}:***@")
+        out = opsevent_cli("unsubscribe", "E_CLI", sock, env=env)
+        outs.append(out)
         assert out.returncode == 1 and "is not subscribed to E_CLI" in out.stderr
         out = opsevent_cli("--json", "events", env=env)
         assert json.loads(out.stdout) == []
+    assert_no_secret(*(out.stdout + out.stderr for out in outs))
 
 
 @pytest.mark.broker
 def test_subscribers_never_show_a_password_in_tables_json_or_the_log(broker, tmp_path, caplog):
     path = str(tmp_path / "ctl")
-    secret = broker.socket("q-secret", user="ops", password="s3cr3t@x")
+    odd = "s3cr3t@x:/?"  # characters the socket must %-encode: neither form may show
+    secret = broker.socket("q-secret", user="ops", password=odd)
     evi = opsevent.EventInterface()
-    evi.subscribe_event("E_BEFORE", broker.socket("q-before"))
+    evi.subscribe_event("E_BEFORE", broker.socket("q-before", user="ops", password=SECRET))
     with caplog.at_level("INFO"), workers.serve(evi, control_path=path, install_logging=False):
         subscribed = opsevent_cli("--socket", path, "subscribe", "E_SECRET", secret, "600")
         listed = opsevent_cli("--socket", path, "subscribers")
         as_json = opsevent_cli("--socket", path, "subscribers", "E_SECRET", "--json")
-    for out in (subscribed, listed, as_json):
+        unsubscribed = opsevent_cli("--socket", path, "unsubscribe", "E_SECRET", secret)
+    outputs = [caplog.text]
+    for out in (subscribed, listed, as_json, unsubscribed):
         assert out.returncode == 0, out.stderr
-        assert "s3cr3t" not in out.stdout + out.stderr
-    assert "s3cr3t" not in caplog.text and "subscribed rabbitmq:ops:***@" in caplog.text
+        outputs.append(out.stdout + out.stderr)
+    for text in outputs:
+        assert "s3cr3t" not in text and "s3cr3t%40x" not in text
+    assert_no_secret(*outputs)
+    assert "subscribed rabbitmq:ops:***@" in caplog.text
     assert "(expires in 600 s)" in subscribed.stdout
     header, before, after = listed.stdout.splitlines()
     assert header.split() == ["EVENT", "SOCKET", "EXPIRE", "TTL"]
-    assert before.split()[:3] == ["E_BEFORE", f"rabbitmq:guest:***@127.0.0.1:{broker.port}/q-before", "never"]
+    assert before.split()[:3] == ["E_BEFORE", f"rabbitmq:ops:***@127.0.0.1:{broker.port}/q-before", "never"]
     assert after.split()[:4] == ["E_SECRET", f"rabbitmq:ops:***@127.0.0.1:{broker.port}/q-secret", "600", "s"]
     (entry,) = json.loads(as_json.stdout)
     assert entry["socket"] == f"rabbitmq:ops:***@127.0.0.1:{broker.port}/q-secret"
@@ -185,34 +204,42 @@ def test_subscribers_never_show_a_password_in_tables_json_or_the_log(broker, tmp
 
 
 @pytest.mark.broker
-def test_a_raise_not_delivered_exits_1_and_shows_each_subscribers_status(broker, clean_queue, tmp_path):
+def test_a_raise_not_delivered_exits_1_and_shows_each_subscribers_status(broker, secret_user, clean_queue, tmp_path):
     path = str(tmp_path / "ctl")
     evi = opsevent.EventInterface(sync_mode=True, sync_timeout=2.0)
-    evi.subscribe_event("E_HALF", broker.socket(clean_queue))
-    evi.subscribe_event("E_HALF", broker.socket("k", exchange="no.such.exchange"))
+    evi.subscribe_event("E_HALF", secret_socket(broker, clean_queue))
+    evi.subscribe_event("E_HALF", secret_socket(broker, "k", exchange="no.such.exchange"))
     with workers.serve(evi, control_path=path, install_logging=False):
         out = opsevent_cli("--socket", path, "raise", "E_HALF", "x=1")
+        as_json = opsevent_cli("--socket", path, "--json", "raise", "E_HALF", "x=2")
     assert out.returncode == 1, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == "E_HALF raised: 1 of 2 subscribers ok; NOT delivered to every subscriber"
     assert lines[1].split() == ["SOCKET", "STATUS", "REASON"]
-    assert lines[2].split()[1] == "confirmed"
+    assert lines[2].split()[:2] == [f"rabbitmq:{secret_user}:***@127.0.0.1:{broker.port}/{clean_queue}", "confirmed"]
     assert lines[3].split()[1] == "failed" and "no.such.exchange" in lines[3]
+    assert as_json.returncode == 1
+    assert [d["status"] for d in json.loads(as_json.stdout)["deliveries"]] == ["confirmed", "failed"]
+    assert_no_secret(out.stdout, out.stderr, as_json.stdout, as_json.stderr)
 
 
 @pytest.mark.broker
-def test_stats_json_parses_and_the_table_names_the_broker(broker, clean_queue, tmp_path):
+def test_stats_json_parses_and_the_table_names_the_broker(broker, secret_user, clean_queue, tmp_path):
     path = str(tmp_path / "ctl")
     evi = opsevent.EventInterface(sync_mode=True)
-    evi.subscribe_event("E_S", broker.socket(clean_queue))
+    evi.subscribe_event("E_S", secret_socket(broker, clean_queue))
+    evi.subscribe_event("E_S", secret_socket(broker, "k", exchange="no.such.exchange"))  # a last_error too
     with workers.serve(evi, control_path=path, install_logging=False) as service:
-        assert evi.raise_event("E_S", {"n": 1})
-        deadline = time.monotonic() + 5
-        while service.stats().get("confirmed", 0) < 1 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        assert [d.status for d in evi.raise_event("E_S", {"n": 1}).deliveries] == [Status.CONFIRMED, Status.FAILED]
+        wait_for(lambda: service.stats().get("confirmed", 0) >= 1, 5, "the worker's stats to count it")
         as_json = opsevent_cli("--socket", path, "--json", "stats")
         as_table = opsevent_cli("--socket", path, "stats")
     stats = json.loads(as_json.stdout)
     assert stats["confirmed"] >= 1 and stats["pid"] > 0
-    assert f"guest@127.0.0.1:{broker.port}/%2F" in as_table.stdout
+    assert list(stats["brokers"]) == [f"{secret_user}@127.0.0.1:{broker.port}/%2F"]
+    assert sorted(row["socket"] for row in stats["subscriptions"]) == sorted([
+        f"rabbitmq:{secret_user}:***@127.0.0.1:{broker.port}/{clean_queue}",
+        f"rabbitmq:{secret_user}:***@127.0.0.1:{broker.port}/no.such.exchange?k"])
+    assert f"{secret_user}@127.0.0.1:{broker.port}/%2F" in as_table.stdout
     assert as_table.stdout.splitlines()[0].startswith(f"RabbitMQ worker pid {stats['pid']}")
+    assert_no_secret(as_json.stdout, as_json.stderr, as_table.stdout, as_table.stderr)

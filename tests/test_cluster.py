@@ -19,7 +19,6 @@ unknown outcome: counted, and its reason says so.
 from __future__ import annotations
 
 import collections
-import contextlib
 import threading
 import time
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from opsevent import Status
 from workers.broker import consume, queue_count
 from workers.cluster import PrivateCluster
 from helpers import wait_for
-from test_faults import FORK, event_body, flush_jobs, link_stats, settled
+from test_faults import FORK, CallerClock, event_body, flush_jobs, link_stats, settled
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]
 
@@ -82,21 +81,21 @@ def cluster(three_nodes):
 # ---- load ------------------------------------------------------------------------------------------------
 
 def async_frontend(evi, rank, seconds, results):
-    """A front-end process: raise at ASYNC_RATE for ``seconds``; report (seq, message id) of what was queued."""
-    accepted, refused, slowest = [], collections.Counter(), 0.0
+    """A front-end process: raise at ASYNC_RATE for ``seconds``; report (seq, message id) of what was
+    queued, and each raise's times (CallerClock: own, CPU and wall)."""
+    accepted, refused, clock = [], collections.Counter(), CallerClock()
     start = time.monotonic()
     seq = 0
     while (now := time.monotonic()) - start < seconds:
         time.sleep(max(0.0, start + seq / ASYNC_RATE - now))
-        t0 = time.monotonic()
-        result = evi.raise_event("E_ASYNC", {"rank": rank, "seq": seq})
-        slowest = max(slowest, time.monotonic() - t0)
+        result = clock(evi.raise_event, "E_ASYNC", {"rank": rank, "seq": seq})
         if result:
             accepted.append((seq, result.message_id))
         else:
             refused[result.deliveries[0].status.value] += 1
         seq += 1
-    results.put((rank, seq, accepted, dict(refused), slowest, flush_jobs(evi)))
+    clock.close()
+    results.put((rank, seq, accepted, dict(refused), (clock.own, clock.cpu, clock.wall), flush_jobs(evi)))
 
 
 class SyncCaller(threading.Thread):
@@ -106,16 +105,19 @@ class SyncCaller(threading.Thread):
         super().__init__(daemon=True)
         self.evi, self.rank = evi, rank
         self.outcomes: list[tuple] = []  # (seq, delivery, message id, started, ended)
+        self.longest = 0.0  # seconds of the longest raise's own time (CPU waits aside)
         self.stopping = threading.Event()
 
     def run(self):
-        seq = 0
+        seq, clock = 0, CallerClock()
         while not self.stopping.is_set():
             t0 = time.monotonic()
-            result = self.evi.raise_event("E_SYNC", {"rank": self.rank, "seq": seq})
+            result = clock(self.evi.raise_event, "E_SYNC", {"rank": self.rank, "seq": seq})
             self.outcomes.append((seq, result.deliveries[0], result.message_id, t0, time.monotonic()))
+            self.longest = max(self.longest, clock.own[-1] / 1e9)
             seq += 1
             time.sleep(0.02)
+        clock.close()
 
 
 class Load:
@@ -130,8 +132,9 @@ class Load:
         for worker in self.frontends + self.callers:
             worker.start()
 
-    def finish(self) -> tuple[int, dict, float, list]:
-        """Once the front-ends are done: raised, accepted {body: message id}, slowest async raise, sync outcomes."""
+    def finish(self) -> tuple[int, dict, CallerClock, list, float]:
+        """Once the front-ends are done: raised, accepted {body: message id}, the async raises' times,
+        sync outcomes, and the longest sync raise's own time."""
         try:
             reports = [self.results.get(timeout=self.seconds + 30) for _ in self.frontends]
         finally:
@@ -146,15 +149,22 @@ class Load:
         accepted = {event_body("E_ASYNC", rank, seq): mid for rank, _n, done, *_ in reports for seq, mid in done}
         sync = [(event_body("E_SYNC", caller.rank, seq), delivery, mid, t0, t1)
                 for caller in self.callers for seq, delivery, mid, t0, t1 in caller.outcomes]
-        return sum(r[1] for r in reports), accepted, max(r[4] for r in reports), sync
+        times = CallerClock()
+        times.close()
+        for *_, (own, cpu, wall), _left in reports:
+            times.own += own
+            times.cpu += cpu
+            times.wall += wall
+        return sum(r[1] for r in reports), accepted, times, sync, max(c.longest for c in self.callers)
 
 
 @dataclass
 class Outcome:
     async_raised: int
     async_accepted: dict  # body -> message id
-    async_slowest: float
+    async_times: CallerClock  # every async raise of both front-ends
     sync: list  # (body, delivery, message id, started, ended)
+    sync_longest: float  # seconds: the longest sync raise's own time
     faulted_at: float
     undone_after: float  # seconds from the fault to the node being back
     link: dict  # the worker's final counters for the cluster's broker identity
@@ -194,13 +204,13 @@ def run_fault(cluster, fault: Fault, queue: str) -> tuple[Outcome, list]:
             time.sleep(max(0.0, WARM - 1.0))
             faulted_at, undo, back = break_and_mend(victim, fault)
         finally:
-            raised, accepted, slowest, sync = load.finish()
+            raised, accepted, times, sync, sync_longest = load.finish()
         undo.join(90)
         assert back, f"{fault.undo} of {victim.node} failed or took over 90 s"
         wait_for(lambda: settled(service, label), 30, "everything published after the fault")
     messages = consume(first, queue, queue_count(first, queue), timeout=30, properties=True)
     cluster.delete_queue(queue)
-    return Outcome(raised, accepted, slowest, sync, faulted_at, back[0] - faulted_at,
+    return Outcome(raised, accepted, times, sync, sync_longest, faulted_at, back[0] - faulted_at,
                    service.final_stats["brokers"][label]), messages
 
 
@@ -229,9 +239,8 @@ def test_no_event_that_returned_success_is_missing_and_every_caller_is_bounded_w
     for _body, delivery, *_ in outcome.sync:
         if delivery.status is Status.TIMEOUT:
             assert "outcome unknown" in delivery.reason, delivery.reason
-    slowest_sync = max(t1 - t0 for *_, t0, t1 in outcome.sync)
-    assert slowest_sync <= SYNC_TIMEOUT + 0.3, slowest_sync
-    assert outcome.async_slowest <= 0.25, outcome.async_slowest  # never waits for the broker
+    assert outcome.sync_longest <= SYNC_TIMEOUT + 0.1, outcome.sync_longest  # own time: CPU waits aside
+    outcome.async_times.assert_never_blocked("an async raise while a node fails")  # never waits for the broker
 
     recovery = next((t1 - outcome.faulted_at for _b, d, _m, t0, t1 in sorted(outcome.sync, key=lambda o: o[3])
                      if t0 > outcome.faulted_at and d.status is Status.CONFIRMED), None)
@@ -245,7 +254,6 @@ def print_figure(fault, outcome, received, confirmed, missing, recovery) -> None
     unknown = {body for body, d, *_ in outcome.sync if d.status is Status.TIMEOUT}
     not_taken = {body for body, d, *_ in outcome.sync if d.status in (Status.NACKED, Status.FAILED)}
     duplicates = sum(received.values()) - len(received)
-    slowest_sync = max(t1 - t0 for *_, t0, t1 in outcome.sync)
     link = outcome.link
     print(f"\nFIGURE cluster, {fault.name}: raised {outcome.async_raised} async + {len(outcome.sync)} sync; "
           f"accepted {len(outcome.async_accepted)} queued + {len(confirmed)} confirmed; "
@@ -255,4 +263,4 @@ def print_figure(fault, outcome, received, confirmed, missing, recovery) -> None
           f"(first sync confirm after the fault; node back after {outcome.undone_after:.1f} s); "
           f"link: failovers {link.get('failovers', 0)}, republished {link.get('republished', 0)}, "
           f"nack retries {link.get('nack_retries', 0)}, channels reopened {link.get('channels_reopened', 0)}; "
-          f"slowest sync {slowest_sync:.2f} s, slowest async {outcome.async_slowest * 1000:.1f} ms")
+          f"slowest sync {outcome.sync_longest:.2f} s (own time); async raises {outcome.async_times.summary()}")

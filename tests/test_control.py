@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import multiprocessing
 import os
 import re
+import shutil
 import socket
 import stat
+import tempfile
 import threading
 import time
 
@@ -18,11 +21,11 @@ import opsevent
 import workers
 from opsevent import decode_event
 from workers import control
-from workers.broker import consume, declare_queue, queue_count
+from workers.broker import consume, queue_count
 from workers.commands import Commands
 from workers.control import ControlError, ControlServer, request
 
-from helpers import opsevent_cli, wait_for
+from helpers import as_another_user, assert_no_secret, opsevent_cli, secret_socket, wait_for
 
 FORK = multiprocessing.get_context("fork")
 FRONTENDS = 3
@@ -53,6 +56,80 @@ def test_the_control_socket_is_mode_0600_and_removed_at_stop(tmp_path):
         assert request(str(path), {"cmd": "ping"})["pid"] == os.getpid()
         assert [p.name for p in tmp_path.iterdir()] == ["ctl"]  # no staging directory left
     assert not path.exists()
+
+
+@pytest.fixture
+def open_dir():
+    """A directory any user may enter and list (0755): there only the socket's own mode keeps others out."""
+    path = tempfile.mkdtemp(prefix="opsevent-ctl-")
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def connect_errno(path: str) -> str:
+    """What connecting to *path* gives this process: "connected", or the errno's name."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(path)
+        except OSError as exc:
+            return errno.errorcode[exc.errno]
+    return "connected"
+
+
+def test_another_user_is_refused_by_the_control_socket_and_told_why(open_dir):
+    path = os.path.join(open_dir, "ctl")
+
+    def ping():  # as uid 65534, which can see the socket's directory
+        try:
+            answer = request(path, {"cmd": "ping"}, timeout=2)
+        except ControlError as exc:
+            answer = str(exc)
+        return os.listdir(open_dir), connect_errno(path), answer
+
+    with serving(quiet_server(path)):
+        listing, raw, answer = as_another_user(ping)
+        assert request(path, {"cmd": "ping"})["pid"] == os.getpid()  # its own user gets in
+    assert listing == ["ctl"] and raw == "EACCES"
+    assert answer == (f"no running supervisor (or workers.serve) at control socket {path}: permission denied "
+                      f"(the socket is mode 0600: run as the user that started the service)")
+
+
+def test_the_control_socket_is_never_reachable_by_another_user_while_it_is_being_made(open_dir, monkeypatch):
+    path = os.path.join(open_dir, "ctl")
+    probes = []  # (step, socket file relative to open_dir, what uid 65534's connect got)
+
+    def probe(step):
+        for folder, _dirs, files in os.walk(open_dir):
+            for name in files:
+                where = os.path.join(folder, name)
+                if stat.S_ISSOCK(os.lstat(where).st_mode):
+                    probes.append((step, os.path.relpath(where, open_dir),
+                                   as_another_user(lambda: connect_errno(where))))
+
+    def after(step, call):
+        def wrapped(*args, **kwargs):
+            result = call(*args, **kwargs)
+            probe(step)
+            return result
+        return wrapped
+
+    # After each step that makes, opens or moves the socket file, another user tries every socket file there.
+    monkeypatch.setattr(socket.socket, "bind", after("bind", socket.socket.bind))
+    monkeypatch.setattr(socket.socket, "listen", after("listen", socket.socket.listen))
+    monkeypatch.setattr(os, "chmod", after("chmod", os.chmod))
+    monkeypatch.setattr(os, "rename", after("rename", os.rename))
+    umask = os.umask(0)  # the worst case: bind() alone would make the socket file 0777
+    try:
+        server = quiet_server(path)
+    finally:
+        os.umask(umask)
+        monkeypatch.undo()
+    with serving(server):
+        assert request(path, {"cmd": "ping"})["pid"] == os.getpid()
+    assert {got for _step, _where, got in probes} == {"EACCES"}, probes
+    assert [step for step, _where, _got in probes] == ["bind", "chmod", "listen", "rename"], probes
+    assert probes[-1][1] == "ctl"
 
 
 def test_a_service_that_fails_to_start_leaves_no_control_socket_nor_shared_table(tmp_path, monkeypatch):
@@ -292,35 +369,39 @@ def ranks_in(bodies) -> list[int]:
 
 @pytest.mark.broker
 def test_an_expiring_runtime_subscription_reaches_every_front_end_then_really_expires(
-        broker, clean_queue, tmp_path):
+        broker, secret_user, clean_queue, tmp_path):
     path = str(tmp_path / "ctl")
+    expire = 4.0  # room for a round of the front-ends on a busy machine before it expires
     rounds = Rounds()
     sup = workers.Supervisor(opsevent.EventInterface(), rounds.target(), processes=FRONTENDS,
                              control_path=path)
     with running(sup):
         assert rounds.next() == {rank: [] for rank in range(1, FRONTENDS + 1)}
         reply = request(path, {"cmd": "subscribe", "event": "E_ROUND",
-                               "socket": broker.socket(clean_queue), "expire": 1.5})
-        subscribed = time.monotonic()
-        assert reply["expire"] == 1.5 and reply["new"] is True
+                               "socket": secret_socket(broker, clean_queue), "expire": expire})
+        subscribed = time.monotonic()  # its time began before this
+        assert reply["expire"] == expire and reply["new"] is True
         assert rounds.next() == {rank: ["queued"] for rank in range(1, FRONTENDS + 1)}
         assert ranks_in(consume(broker, clean_queue, FRONTENDS)) == [1, 2, 3]
-        (listed,) = request(path, {"cmd": "subscribers", "event": "E_ROUND"})
-        assert 0 < listed["ttl"] <= 1.5
-        time.sleep(max(0.0, subscribed + 1.6 - time.monotonic()))
+        listed = request(path, {"cmd": "subscribers", "event": "E_ROUND"})
+        assert listed[0]["socket"] == f"rabbitmq:{secret_user}:***@127.0.0.1:{broker.port}/{clean_queue}"
+        assert 0 < listed[0]["ttl"] <= expire and len(listed) == 1
+        # Gone everywhere as soon as its time is up.
+        time.sleep(max(0.0, subscribed + expire + 0.05 - time.monotonic()))
         assert request(path, {"cmd": "subscribers"}) == []
         assert request(path, {"cmd": "events"}) == []
         assert rounds.next() == {rank: [] for rank in range(1, FRONTENDS + 1)}
         time.sleep(0.3)
         assert queue_count(broker, clean_queue) == 0
+    assert_no_secret(json.dumps([reply, listed]))
 
 
 @pytest.mark.broker
-def test_supervisor_stats_are_the_workers_counters(broker, clean_queue, tmp_path):
+def test_supervisor_stats_are_the_workers_counters(broker, secret_user, clean_queue, tmp_path):
     path = str(tmp_path / "ctl")
     rounds = Rounds()
     evi = opsevent.EventInterface()
-    evi.subscribe_event("E_ROUND", broker.socket(clean_queue))
+    evi.subscribe_event("E_ROUND", secret_socket(broker, clean_queue))
     sup = workers.Supervisor(evi, rounds.target(), processes=FRONTENDS, control_path=path)
     with running(sup):
         rounds.next()
@@ -331,28 +412,35 @@ def test_supervisor_stats_are_the_workers_counters(broker, clean_queue, tmp_path
         assert over_socket["pid"] == stats["pid"] == sup.service.process.pid
         assert over_socket["confirmed"] >= FRONTENDS
         (label,) = over_socket["brokers"]
+        assert label == f"{secret_user}@127.0.0.1:{broker.port}/%2F"
         assert over_socket["brokers"][label]["published"] >= FRONTENDS
+        raised = request(path, {"cmd": "raise", "event": "E_ROUND", "params": [["rank", 0], ["round", 0]]})
+        listed = request(path, {"cmd": "subscribers"})
+        assert consume(broker, clean_queue, 1) == [b"E_ROUND\nrank::0\nround::0\n"]
+    assert_no_secret(json.dumps([stats, over_socket, raised, listed]))
     assert not os.path.exists(path)
     assert sup.evi.subscribers("E_ROUND")  # kept, in a table of its own, after the stop
 
 
 @pytest.mark.broker
 def test_a_subscription_made_with_the_cli_reaches_every_front_ends_next_raise_until_unsubscribed(
-        broker, clean_queue, tmp_path):
+        broker, secret_user, clean_queue, tmp_path):
     path = str(tmp_path / "ctl")
     env = {"OPSEVENT_CONTROL": path}
+    sock = secret_socket(broker, clean_queue)
     rounds = Rounds()
     sup = workers.Supervisor(opsevent.EventInterface(), rounds.target(), processes=FRONTENDS,
                              control_path=path)
     everyone = range(1, FRONTENDS + 1)
     with running(sup):
         assert rounds.next() == {rank: [] for rank in everyone}  # forked with no subscriber
-        out = opsevent_cli("subscribe", "E_ROUND", broker.socket(clean_queue), env=env)
-        assert out.returncode == 0, out.stderr
+        subscribed = opsevent_cli("subscribe", "E_ROUND", sock, env=env)
+        assert subscribed.returncode == 0, subscribed.stderr
         assert rounds.next() == {rank: ["queued"] for rank in everyone}
         assert ranks_in(consume(broker, clean_queue, FRONTENDS)) == list(everyone)
-        out = opsevent_cli("unsubscribe", "E_ROUND", broker.socket(clean_queue), env=env)
-        assert out.returncode == 0, out.stderr
+        unsubscribed = opsevent_cli("unsubscribe", "E_ROUND", sock, env=env)
+        assert unsubscribed.returncode == 0, unsubscribed.stderr
         assert rounds.next() == {rank: [] for rank in everyone}
         time.sleep(0.3)
         assert queue_count(broker, clean_queue) == 0
+    assert_no_secret(*(out.stdout + out.stderr for out in (subscribed, unsubscribed)))

@@ -62,7 +62,7 @@ class Recorder:
     def __init__(self, statuses=None):
         self.bodies, self.statuses = [], statuses
 
-    def submit(self, event, sockets, body, sync, timeout, message_id=None):
+    def submit(self, event, sockets, body, sync, timeout, message_id):
         self.bodies.append(body)
         return self.statuses or [(Status.QUEUED, "")] * len(sockets)
 
@@ -312,7 +312,9 @@ def check_sync_expire(tmp_path):
     table = Subscriptions(clock=lambda: now[0])
     table.add("E_X", parse_socket("rabbitmq:mq/k"), 10)
     table.add("E_X", parse_socket("rabbitmq:mq/forever"))
-    now[0] = 111.0
+    now[0] = 109.9
+    assert [s.routing_key for s in table.get("E_X")] == ["k", "forever"]
+    now[0] = 110.0
     assert [s.routing_key for s in table.get("E_X")] == ["forever"]
 
 

@@ -104,7 +104,7 @@ def test_serving_changes_nothing_in_the_applications_logging(broker, clean_queue
 def test_a_worker_reaped_by_another_part_of_the_process_is_replaced_within_a_second_and_reported(
         broker, clean_queue):
     result = run_app("reaper", broker.socket(clean_queue))
-    assert result["replaced"] < 1.0, result
+    assert result["replaced"] <= 1.0, result  # from the kill to the new worker's fork
     assert result["new"] != result["old"] and result["worker_starts"] == 2
     # What the dead worker held (here: nothing, all 100 were confirmed) is in the stats and the log.
     assert result["lost"] == 0
@@ -166,11 +166,12 @@ def test_an_awaited_sync_raise_never_blocks_the_event_loop_and_cancelling_it_lea
 
     async def main(service):
         os.kill(service.process.pid, signal.SIGSTOP)  # nothing will answer for a while
-        ticks = []
+        ticks = []  # (time, ns this thread waited for a CPU so far)
+        schedstat = open("/proc/thread-self/schedstat", "rb", buffering=0)
 
         async def ticker():
             while True:
-                ticks.append(time.monotonic())
+                ticks.append((time.monotonic(), int(os.pread(schedstat.fileno(), 128, 0).split()[1])))
                 await asyncio.sleep(0.01)
 
         tick = asyncio.ensure_future(ticker())
@@ -181,6 +182,7 @@ def test_an_awaited_sync_raise_never_blocks_the_event_loop_and_cancelling_it_lea
         done = await asyncio.gather(*waiting, return_exceptions=True)
         os.kill(service.process.pid, signal.SIGCONT)
         tick.cancel()
+        schedstat.close()
         box = evi.transport._reply_box()
         return done, ticks, dict(box._waiting), dict(box._loops)
 
@@ -188,11 +190,13 @@ def test_an_awaited_sync_raise_never_blocks_the_event_loop_and_cancelling_it_lea
         t0 = time.monotonic()
         done, ticks, waiting, loops = asyncio.run(main(service))
         elapsed = time.monotonic() - t0
+    # The loop ran all along: no gap between ticks beyond 0.25 s, the loop's waits for a CPU aside.
+    gaps = [(b - a) - (qb - qa) / 1e9 for (a, qa), (b, qb) in zip(ticks, ticks[1:])]
+    assert max(gaps) < 0.25 and ticks[-1][0] - ticks[0][0] >= 0.2, (max(gaps), len(ticks))
     assert all(isinstance(d, asyncio.CancelledError) for d in done[:10])
     assert [d.deliveries[0].status for d in done[10:]] == [Status.TIMEOUT] * 10
     assert all(d.deliveries[0].reason.startswith("outcome unknown") for d in done[10:])
     assert elapsed < 1.0 + 1.0
-    assert max(b - a for a, b in zip(ticks, ticks[1:])) < 0.25  # the loop ran all along
     assert waiting == {} and loops == {}
 
 

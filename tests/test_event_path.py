@@ -11,8 +11,10 @@ import pytest
 
 import opsevent
 import workers
-from opsevent import Status, encode_event
+from opsevent import Status
 from workers.broker import consume, declare_queue, free_port, queue_count
+
+from helpers import SECRET, SECRET_USER, assert_no_secret, secret_socket
 
 pytestmark = pytest.mark.broker
 
@@ -36,9 +38,14 @@ def raising_target(events, results):
     return target
 
 
+def expected_body(rank, i) -> bytes:
+    """The body of ``event_params(rank, i)``, written out in the guide's line format (not by the
+    encoder under test): a value with ',' '"' or LF is quoted, and in quotes '"' and '\\' escaped."""
+    return b'E_SIP_MESSAGE\nuser::alice%d\nmsg::"hi, \\"%d\\" #%d\nline 2 \\\\ end"\n%d\n' % (rank, rank, i, i)
+
+
 def expected_bodies(processes, events):
-    return collections.Counter(encode_event("E_SIP_MESSAGE", event_params(rank, i))
-                               for rank in range(1, processes + 1) for i in range(events))
+    return collections.Counter(expected_body(rank, i) for rank in range(1, processes + 1) for i in range(events))
 
 
 def two_subscribers(broker, queue_name, sync_mode, **settings):
@@ -96,7 +103,7 @@ def test_an_idle_worker_keeps_its_connection_alive_with_heartbeats(broker, queue
 def test_a_sync_raise_to_a_port_without_a_broker_fails_within_the_sync_timeout(broker, queue_name):
     dead_port = free_port()
     evi = opsevent.EventInterface(sync_mode=True, sync_timeout=1.5)
-    evi.subscribe_event("E_X", f"rabbitmq:127.0.0.1:{dead_port}/{queue_name}")
+    evi.subscribe_event("E_X", f"rabbitmq:{SECRET_USER}:{SECRET}@127.0.0.1:{dead_port}/{queue_name}")
     with workers.serve(evi):
         started = time.monotonic()
         result = evi.raise_event("E_X", {"a": 1})
@@ -106,6 +113,7 @@ def test_a_sync_raise_to_a_port_without_a_broker_fails_within_the_sync_timeout(b
     assert delivery.status is Status.FAILED
     assert f"127.0.0.1:{dead_port}" in delivery.reason and "connect" in delivery.reason
     assert elapsed < 1.5
+    assert_no_secret(repr(result), str(result), delivery.reason)
 
 
 def test_threads_of_one_process_each_get_their_own_sync_status(broker, queue_name):
@@ -131,11 +139,11 @@ def test_threads_of_one_process_each_get_their_own_sync_status(broker, queue_nam
     assert len(consume(broker, queue_name, 200, timeout=10)) == 200
 
 
-def test_a_raise_to_a_missing_exchange_fails_and_the_next_raise_succeeds(broker, queue_name):
+def test_a_raise_to_a_missing_exchange_fails_and_the_next_raise_succeeds(broker, secret_user, queue_name):
     declare_queue(broker, queue_name)
     evi = opsevent.EventInterface(sync_mode=True)
-    evi.subscribe_event("E_BAD", broker.socket(queue_name, exchange="no.such.exchange"))
-    evi.subscribe_event("E_GOOD", broker.socket(queue_name))
+    evi.subscribe_event("E_BAD", secret_socket(broker, queue_name, exchange="no.such.exchange"))
+    evi.subscribe_event("E_GOOD", secret_socket(broker, queue_name))
     with workers.serve(evi):
         bad = evi.raise_event("E_BAD", {"n": 1})
         good = evi.raise_event("E_GOOD", {"n": 2})
@@ -143,3 +151,6 @@ def test_a_raise_to_a_missing_exchange_fails_and_the_next_raise_succeeds(broker,
     assert "no.such.exchange" in bad.deliveries[0].reason
     assert good, good.failures
     assert consume(broker, queue_name, 1, timeout=10) == [b"E_GOOD\nn::2\n"]
+    # What a caller prints or logs of a result shows the socket, never its password.
+    assert f"user='{secret_user}', password='***'" in repr(bad)
+    assert_no_secret(repr(bad), str(bad), repr(bad.failures), repr(good), str(good))

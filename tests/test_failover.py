@@ -24,8 +24,9 @@ import workers
 from opsevent import Status, parse_socket
 from workers.broker import PrivateBroker, _port_accepts, declare_queue
 from workers.link import BrokerLink
-from helpers import wait_for
-from test_faults import drain_queue, event_body, link_stats, settled, worker_logs
+from helpers import SECRET, SECRET_USER, add_secret_user, wait_for
+from tcpproxy import TcpProxy
+from test_faults import assert_ids_kept, drain_queue, event_body, link_stats, settled, worker_logs
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
 
@@ -33,7 +34,10 @@ pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
 @pytest.fixture(scope="module")
 def two_brokers():
     with contextlib.ExitStack() as stack:
-        yield stack.enter_context(PrivateBroker()), stack.enter_context(PrivateBroker())
+        brokers = stack.enter_context(PrivateBroker()), stack.enter_context(PrivateBroker())
+        for b in brokers:
+            add_secret_user(b)
+        yield brokers
 
 
 @pytest.fixture
@@ -51,7 +55,7 @@ class Raiser(threading.Thread):
     def __init__(self, evi, event: str, rate: float):
         super().__init__(daemon=True)
         self.evi, self.event, self.rate = evi, event, rate
-        self.queued: list[int] = []
+        self.queued: dict[int, str] = {}  # seq -> the message id its raise returned
         self.refused = collections.Counter()
         self.next_seq = 0
         self.stopping = threading.Event()
@@ -60,26 +64,28 @@ class Raiser(threading.Thread):
         start = time.monotonic()
         while not self.stopping.is_set():
             seq = self.next_seq
-            status = self.evi.raise_event(self.event, {"rank": 0, "seq": seq}).deliveries[0].status
+            result = self.evi.raise_event(self.event, {"rank": 0, "seq": seq})
+            status = result.deliveries[0].status
             if status is Status.QUEUED:
-                self.queued.append(seq)
+                self.queued[seq] = result.message_id
             else:
                 self.refused[status.value] += 1
             self.next_seq += 1
             time.sleep(max(0.0, start + self.next_seq / self.rate - time.monotonic()))
 
-    def stop(self) -> set[bytes]:
+    def stop(self) -> dict[bytes, str]:
+        """Stop; the queued events' bodies, each with its message id."""
         self.stopping.set()
         self.join(5)
         assert not self.is_alive() and not self.refused, self.refused
-        return {event_body(self.event, 0, seq) for seq in self.queued}
+        return {event_body(self.event, 0, seq): mid for seq, mid in self.queued.items()}
 
 
 def two_host_socket(brokers, queue_name) -> tuple[str, str]:
     """A socket whose hosts are both brokers (primary first), with the queue on each; and its label."""
     for b in brokers:
         declare_queue(b, queue_name)
-    sock = f"rabbitmq:127.0.0.1:{brokers[0].port},127.0.0.1:{brokers[1].port}/{queue_name}"
+    sock = f"rabbitmq:{SECRET_USER}:{SECRET}@127.0.0.1:{brokers[0].port},127.0.0.1:{brokers[1].port}/{queue_name}"
     return sock, parse_socket(sock).broker_label
 
 
@@ -121,9 +127,13 @@ def test_events_go_to_the_next_host_while_the_primary_is_down_and_back_to_the_pr
                      "every raised event confirmed")
     stats = service.final_stats["brokers"][label]
 
-    on_primary, on_secondary_bodies = drain_queue(primary, queue_name), drain_queue(secondary, queue_name)
+    primary_messages = drain_queue(primary, queue_name, properties=True)
+    secondary_messages = drain_queue(secondary, queue_name, properties=True)
+    on_primary = [body for body, _props in primary_messages]
+    on_secondary_bodies = [body for body, _props in secondary_messages]
     received = collections.Counter(on_primary + on_secondary_bodies)
-    assert set(received) == raised and service.final_stats.get("failed", 0) == 0
+    assert set(received) == set(raised) and service.final_stats.get("failed", 0) == 0
+    assert_ids_kept(primary_messages + secondary_messages, raised)  # republished copies too (sure: the test below)
     duplicates = sum(received.values()) - len(received)
     assert duplicates <= stats.get("republished", 0), (duplicates, stats)
     # The fail-back waited for the secondary's confirms: it republished nothing.
@@ -137,6 +147,45 @@ def test_events_go_to_the_next_host_while_the_primary_is_down_and_back_to_the_pr
     assert len([r for r in logs.matching("back on the primary host") if label in r.getMessage()]) == 1
     print(f"\nFIGURE failover: raised {len(raised)}, on the primary {len(on_primary)}, on the secondary "
           f"{len(on_secondary_bodies)}, duplicates {duplicates}, republished {stats.get('republished', 0)}")
+
+
+def test_events_in_flight_when_the_primary_goes_are_published_on_the_next_host_with_their_message_ids(
+        brokers, queue_name):
+    primary, secondary = brokers
+    for b in brokers:
+        declare_queue(b, queue_name)
+    # The primary behind a proxy that can lose bytes: the events in flight never reach it, so
+    # each arrives only as the copy published again on the secondary.
+    with TcpProxy(primary.port, process=True) as proxy:
+        sock = f"rabbitmq:{SECRET_USER}:{SECRET}@127.0.0.1:{proxy.port},127.0.0.1:{secondary.port}/{queue_name}"
+        label = parse_socket(sock).broker_label
+        evi = opsevent.EventInterface(persistent=True, failback=False, connect_timeout=1.0,
+                                      reconnect_min=0.1, reconnect_max=0.5)
+        evi.subscribe_event("E_MOVED", sock)
+        with workers.serve(evi, install_logging=False) as service:
+            first = evi.raise_event("E_MOVED", {"rank": 0, "seq": 0})
+            wait_for(lambda: link_stats(service, label).get("confirmed") == 1, 5, "the first event confirmed")
+            proxy.set_mode("blackhole")
+            ids = {event_body("E_MOVED", 0, 0): first.message_id}
+            for seq in range(1, 51):
+                result = evi.raise_event("E_MOVED", {"rank": 0, "seq": seq})
+                assert result, result.failures
+                ids[event_body("E_MOVED", 0, seq)] = result.message_id
+            wait_for(lambda: link_stats(service, label).get("inflight") == 50, 5, "50 events written, unconfirmed")
+            primary.stop_app()  # the proxy passes the close on, and cannot reach the primary any more
+            wait_for(lambda: (s := link_stats(service, label)).get("failovers") == 1
+                     and s["endpoint"] == f"127.0.0.1:{secondary.port}" and s.get("confirmed") == 51
+                     and settled(service, label), 15, "the 50 published again on the secondary")
+        stats = service.final_stats["brokers"][label]
+
+    assert stats["republished"] == 50 and stats["connection_lost"] == 1, stats
+    primary.start_app()
+    primary_messages = drain_queue(primary, queue_name, properties=True)
+    secondary_messages = drain_queue(secondary, queue_name, properties=True)
+    assert [body for body, _props in primary_messages] == [event_body("E_MOVED", 0, 0)]
+    assert sorted(body for body, _props in secondary_messages) == sorted(set(ids) - {event_body("E_MOVED", 0, 0)})
+    assert len(set(ids.values())) == 51
+    assert_ids_kept(primary_messages + secondary_messages, ids)
 
 
 def test_sync_raises_are_confirmed_by_whichever_host_is_up_and_losing_the_secondary_returns_to_the_primary(

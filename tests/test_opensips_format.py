@@ -59,7 +59,7 @@ def test_it_is_chosen_per_interface_and_per_socket_like_json():
         def __init__(self):
             self.bodies = []
 
-        def submit(self, event, sockets, body, sync, timeout, message_id=None):
+        def submit(self, event, sockets, body, sync, timeout, message_id):
             self.bodies.append(body)
             return [(Status.QUEUED, "")] * len(sockets)
 

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from helpers import wait_for
+from helpers import boottime, started_at, wait_for
 from servers import Server, assert_exact, load
 from workers.broker import PrivateBroker, declare_queue
 
@@ -100,18 +100,18 @@ def test_a_killed_rabbitmq_worker_is_replaced_and_only_the_events_it_held_can_be
 
     def kill_worker():
         stats = server.stats()
-        killed.update(pid=stats["pid"], at=time.monotonic())
         os.kill(stats["pid"], signal.SIGKILL)
+        killed.update(pid=stats["pid"], at=boottime())
 
     with Server.gunicorn(tmp_path, web_broker.socket(queue), settings=ASYNC) as server:
         results = load(server, range(3000), during=[(0.3, kill_worker)])
         stats = wait_for(lambda: (s := server.stats()).get("pid") not in (None, killed["pid"]) and s, 5,
                          "a new RabbitMQ worker's stats")
-        replaced_in = time.monotonic() - killed["at"]
+        replaced_in = started_at(stats["pid"]) - killed["at"]  # to its fork: the stats file's lag aside
         after = load(server, range(3000, 3500))  # raised after the kill: all must arrive
         assert server.stop() == 0
     held = stats["lost_with_dead_workers"]
-    assert replaced_in < 1.5 + 1.0  # replaced within 1 s (+ the stats file's 1 s refresh)
+    assert replaced_in <= 1.0, replaced_in  # replaced within 1 s
     assert f"died (killed by SIGKILL) holding {held} events" in server.log()
     answered = {**results, **after}
     missing = _missing(web_broker, queue, answered)
@@ -153,10 +153,12 @@ def test_gthread_with_32_threads_gets_every_sync_status_without_a_false_timeout(
     with Server.gunicorn(tmp_path, web_broker.socket(queue), settings=SYNC, workers=2, worker_class="gthread",
                          threads=32) as server:
         results = load(server, range(2000), concurrency=64)
-        stats = server.stats()
+        # The stats file is rewritten every second: wait for one that counts all 2,000 replies.
+        stats = wait_for(lambda: (s := server.stats()).get("replies_sent", 0) >= 2000 and s, 10,
+                         "the worker's stats to count every reply")
         assert server.stop() == 0
     assert assert_exact(web_broker, queue, results) == {200: 2000}
-    assert stats["replies_lost"] == 0 and stats.get("timeout", 0) == 0
+    assert stats["replies_sent"] == 2000 and stats["replies_lost"] == 0 and stats.get("timeout", 0) == 0
 
 
 def test_uvicorn_with_workers_serves_each_workers_own_evi_and_awaits_sync_raises(web_broker, queue, tmp_path):

@@ -171,10 +171,9 @@ def test_a_process_killed_while_holding_the_writers_lock_does_not_stop_the_next_
     finally:
         os.kill(process.pid, signal.SIGKILL)
         process.join(10)
-    # The kernel released the dead process's lock.
-    started = time.monotonic()
+    # The kernel released the dead process's lock: the next write takes it at its first try.
+    monkeypatch.setattr(shared, "WRITE_LOCK_TIMEOUT", 0)
     table.add("E_Z", QUEUE)
-    assert time.monotonic() - started < 0.3
     assert table.events() == ("E_X", "E_Y", "E_Z")
 
 

@@ -440,5 +440,5 @@ def _shared_server():
 
 
 def test_the_server_binds_loopback_only():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^the example SIP server binds loopback only \(127\.0\.0\.1\)$"):
         sip.SipServer(host="0.0.0.0")
