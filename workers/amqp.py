@@ -30,6 +30,8 @@ from pika import spec
 FRAME_END = b"\xce"
 _FRAME_HEAD = struct.Struct(">BHI")
 _HEADER_HEAD = struct.Struct(">HHQ")
+_CONTENT_HEAD = struct.Struct(">BHIHHQ")  # frame head + class, weight, body size
+_END_AND_BODY_HEAD = struct.Struct(">BBHI")  # the frame end before, then a body frame's head
 MAX_SHORTSTR = 255
 
 
@@ -107,11 +109,13 @@ class Publisher:
         if method is None:
             method = self._methods[key] = method_frame(self.channel, exchange, routing_key, True)
         size = len(body)
-        header_payload = _HEADER_HEAD.pack(60, 0, size) + properties
-        parts = [method, _FRAME_HEAD.pack(2, self.channel, len(header_payload)), header_payload, FRAME_END]
-        if 0 < size <= self._body_max:  # the usual case: one body frame
-            parts += (_FRAME_HEAD.pack(3, self.channel, size), body, FRAME_END)
+        # The content header's frame head and fixed fields in one pack, then its properties.
+        parts = [method, _CONTENT_HEAD.pack(2, self.channel, _HEADER_HEAD.size + len(properties), 60, 0, size),
+                 properties]
+        if 0 < size <= self._body_max:  # the usual case: one body frame, its head packed with the end before
+            parts += (_END_AND_BODY_HEAD.pack(0xCE, 3, self.channel, size), body, FRAME_END)
         else:
+            parts.append(FRAME_END)
             for start in range(0, size, self._body_max):
                 chunk = body[start:start + self._body_max]
                 parts += (_FRAME_HEAD.pack(3, self.channel, len(chunk)), chunk, FRAME_END)

@@ -220,7 +220,7 @@ class BrokerLink:
             item.resolved = True
             if item.deadline is not None:
                 self.sync_waiting -= 1
-            self.stats[status.name.lower()] += 1
+            self.stats[status._value_] += 1  # the value, not the enum's slow .value property
             self.done(item, status, reason)
 
     @property

@@ -31,7 +31,7 @@ from workers import job, logs, tls
 from workers.amqp import MessageProperties
 from workers.channel import Replier, private_socket, receive_own
 from workers.histogram import Histogram
-from workers.jobqueue import JobQueue
+from workers.jobqueue import FINISHED, JobQueue
 from workers.link import BrokerLink, Item
 from workers.process import (accept_stop_signals, close_inherited_listeners, reset_signals,
                              set_parent_death_signal)
@@ -132,6 +132,7 @@ class RabbitMQWorker:
             self.inbox = private_socket(self.inbox_address)  # abstract: a dead predecessor's is free
             self.ioloop.add_handler(self.inbox.fileno(), self._on_inbox, PollEvents.READ)
         self.jobs.attach_reader()
+        self._ledger = self.jobs.ledger  # jobs finished are counted there, per message
         self.ioloop.add_handler(self.jobs.fileno(), self._on_jobs, PollEvents.READ)
         self._tick_timer = self.ioloop.call_later(TICK, self._tick)
         self._more_due = False
@@ -271,21 +272,26 @@ class RabbitMQWorker:
         return targets
 
     def _done(self, item: Item, status: Status, reason: str) -> None:
-        item.counts[status.value] += 1
+        value = status._value_  # not the enum's .value property: this runs per message
+        item.counts[value] += 1
         self.outstanding -= 1
         self.outstanding_bytes -= len(item.body)
         if not self.reading:
             self._resume_reading()
+        if item.job is _ASYNC and status is _CONFIRMED:  # the usual case, without a call
+            self.stats[value] += 1
+            self._ledger[FINISHED] += 1
+            return
         self._finish(item.job, item.index, status, reason)
 
     def _finish(self, job: Job, index: int, status: Status, reason: str) -> None:
-        self.stats[status.value] += 1
+        self.stats[status._value_] += 1
         if job.reply is None and status is not Status.CONFIRMED:
             self._log_async_failure(status, reason)
         if job is _ASYNC:
             self.jobs.finished()
             return
-        job.statuses[index] = (status.value, reason)
+        job.statuses[index] = (status._value_, reason)
         job.remaining -= 1
         if job.remaining == 0:
             self.jobs.finished()
@@ -393,6 +399,7 @@ class RabbitMQWorker:
 
 
 _ASYNC = Job(0, None, 0)
+_CONFIRMED = Status.CONFIRMED
 
 
 def _format_stats(stats) -> str:
