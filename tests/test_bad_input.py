@@ -34,7 +34,7 @@ FUZZ = settings(max_examples=400, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-class RecordingTransport:
+class RecordingTransport(opsevent.Transport):
     def __init__(self):
         self.calls = []
 

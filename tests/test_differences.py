@@ -24,6 +24,7 @@ from opsevent import (
     MAX_BODY_SIZE,
     SocketSyntaxError,
     Status,
+    Transport,
     TLSDomain,
     decode_event,
     encode_event,
@@ -58,7 +59,7 @@ def refused(text: str, message: str) -> None:
     assert message in str(caught.value)
 
 
-class Recorder:
+class Recorder(Transport):
     def __init__(self, statuses=None):
         self.bodies, self.statuses = [], statuses
 

@@ -228,8 +228,7 @@ def load_frontend(evi, event, rank, rate, seconds, results):
 
 def flush_jobs(evi, timeout: float = 5.0) -> int:
     """Wait until this process's accepted jobs are in the shared pipe (a transport with a feeder thread)."""
-    flush = getattr(evi.transport, "flush", None)
-    return flush(timeout) if flush is not None else 0
+    return evi.transport.flush(timeout)
 
 
 def run_frontends(evi, event, ranks, rate, seconds):

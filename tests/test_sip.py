@@ -298,7 +298,7 @@ def test_table_is_shared_and_claims_once_across_processes():
 
 # ---- handling ---------------------------------------------------------------------------
 
-class Recorder:
+class Recorder(opsevent.Transport):
     def __init__(self, status=Status.QUEUED):
         self.bodies = []
         self.status = status

@@ -51,8 +51,7 @@ def soak_frontend(evi, rank, rate, stop, results):
         if evi.raise_event("E_SOAK", {"rank": rank, "seq": seq}).deliveries[0].status is not Status.QUEUED:
             refused.append(seq)
         seq += 1
-    flush = getattr(evi.transport, "flush", None)
-    results.put((rank, seq, refused, flush(5.0) if flush is not None else 0))
+    results.put((rank, seq, refused, evi.transport.flush(5.0)))
 
 
 def rss_bytes(pid: int) -> int:

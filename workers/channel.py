@@ -38,7 +38,7 @@ import threading
 import time
 import weakref
 
-from opsevent import RabbitMQSocket, Status
+from opsevent import RabbitMQSocket, Status, Transport
 from opsevent.messageid import new_message_id
 from workers import job
 from workers.process import FORK_ONLY, run_at_exit
@@ -287,7 +287,7 @@ def receive_own(sock: socket.socket, size: int) -> bytes | None:
 _foreign = 0  # datagrams dropped by receive_own in this process
 
 
-class JobSender:
+class JobSender(Transport):
     """The front-end end of the channel: opsevent's ``Transport``.
 
     Safe to share between threads and asyncio tasks, and inherited by forked

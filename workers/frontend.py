@@ -57,8 +57,8 @@ def frontend_main(rank: int, evi, target) -> None:
     # The target is done; what is left is handing over its accepted jobs
     # (a spool file, at once), which an interrupt would lose.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    at_exit = getattr(evi.transport, "at_exit", None)
-    if at_exit is not None:
-        at_exit()
+    transport = evi.transport
+    if transport is not None:
+        transport.at_exit()
     logs.before_child_exit(parent)
     sys.exit(code)

@@ -74,6 +74,6 @@ class Hooks:
             self.service.stop()
 
     def worker_exit(self, _unused_server, _unused_worker) -> None:
-        at_exit = getattr(self.evi.transport, "at_exit", None)
-        if at_exit is not None:
-            at_exit()
+        transport = self.evi.transport
+        if transport is not None:
+            transport.at_exit()
