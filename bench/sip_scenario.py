@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     parser.add_argument("--overload-rate", type=int, help="overload at this rate instead (MESSAGE/s)")
     parser.add_argument("--json", help="write every figure to this file")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format=workers.logs.FORMAT)
+    logging.basicConfig(level=logging.WARNING, format=workers.base.logs.FORMAT)
     results = {"limit_runs": [], "overload": None}
     with PrivateBroker() as broker:
         for i in range(args.runs):

@@ -36,13 +36,13 @@ import socket
 import struct
 import threading
 import time
-import weakref
 
 from opsevent import RabbitMQSocket, Status, Transport
 from opsevent.messageid import new_message_id
 from workers import job
-from workers.process import FORK_ONLY, run_at_exit
-from workers.tally import Tally
+from workers.base import forks
+from workers.base.process import FORK_ONLY, run_at_exit
+from workers.base.tally import Tally
 from workers.job import SocketBytes
 
 log = logging.getLogger(__name__)
@@ -475,7 +475,12 @@ class JobSender(Transport):
         return box
 
 
-_SENDERS: weakref.WeakSet = weakref.WeakSet()
+def _reset_lock(sender: JobSender) -> None:
+    # A thread of the parent may have held the lock at the fork (see JobQueue).
+    sender._box_lock = threading.Lock()
+
+
+_SENDERS = forks.registry(_reset_lock)
 
 
 def _arm_exit_hook() -> None:
@@ -489,15 +494,6 @@ def _at_exit() -> None:
             sender.at_exit()
         except Exception:
             log.exception("handing this process's queued events to the RabbitMQ worker failed at exit")
-
-
-def _after_fork_in_child() -> None:
-    # A thread of the parent may have held the lock at the fork (see JobQueue).
-    for sender in list(_SENDERS):
-        sender._box_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Counts:
@@ -543,7 +539,7 @@ class Replier:
     writability the kernel reports when the box has room again, until its
     caller's deadline.  A reply that cannot be delivered (caller gone, or its
     deadline passed) is counted in ``lost`` and logged at WARNING: at once,
-    then summarised while it lasts (``workers.tally``).
+    then summarised while it lasts (``workers.base.tally``).
     """
 
     MAX_DATAGRAM = 32768  # bytes of JSON per datagram; a bigger batch is split

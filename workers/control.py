@@ -37,7 +37,8 @@ import stat
 import tempfile
 import threading
 import time
-import weakref
+
+from workers.base import forks
 
 log = logging.getLogger(__name__)
 
@@ -296,16 +297,8 @@ class ControlServer:
         self._listener = self._selector = self._thread = None
 
 
-_OPEN: "weakref.WeakSet[ControlServer]" = weakref.WeakSet()
-
-
-def _close_inherited() -> None:
-    for server in list(_OPEN):
-        server._forget_after_fork()
-    _OPEN.clear()
-
-
-os.register_at_fork(after_in_child=_close_inherited)
+# A forked child closes its copies: only the process that opened a server serves it.
+_OPEN = forks.registry(ControlServer._forget_after_fork, forget=True)
 
 
 # ---- the client side -----------------------------------------------------------------

@@ -17,7 +17,7 @@ import time
 
 import opsevent
 import workers
-from workers import logs
+from workers.base import logs
 from workers.broker import PrivateBroker, consume, declare_queue
 
 QUEUE = "sipmsg"

@@ -14,8 +14,8 @@ import os
 import signal
 import sys
 
-from workers import logs
-from workers.process import EXIT_ERROR, EXIT_OK, reset_signals, set_parent_death_signal
+from workers.base import logs
+from workers.base.process import EXIT_ERROR, EXIT_OK, reset_signals, set_parent_death_signal
 
 log = logging.getLogger(__name__)
 

@@ -64,7 +64,8 @@ import struct
 import termios
 import threading
 import time
-import weakref
+
+from workers.base import forks
 
 log = logging.getLogger(__name__)
 
@@ -369,6 +370,12 @@ class JobQueue:
         except FileNotFoundError:
             return False
 
+    def _after_fork_in_child(self) -> None:
+        # Another thread of the parent (a control-socket raise, say) may have held
+        # this lock at the fork; in the child nobody would ever release it.
+        self._local_lock = threading.Lock()
+        self._local = None  # the parent's buffer and feeder thread are not this process's
+
     def close(self) -> None:
         for fd in (self._read_fd, self._write_fd):
             try:
@@ -378,24 +385,13 @@ class JobQueue:
         # The ledger stays mapped: processes still holding the queue may read it.
 
 
+_QUEUES = forks.registry(JobQueue._after_fork_in_child)
+
+
 def _frames(data: bytes, job_id: int) -> list[bytes]:
     count = (len(data) + _CHUNK - 1) // _CHUNK or 1
     return [_HEADER.pack(len(chunk), job_id, index, count) + chunk
             for index, chunk in ((i, data[i * _CHUNK:(i + 1) * _CHUNK]) for i in range(count))]
-
-
-_QUEUES: weakref.WeakSet = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    # Another thread of the parent (a control-socket raise, say) may have held
-    # this lock at the fork; in the child nobody would ever release it.
-    for queue in list(_QUEUES):
-        queue._local_lock = threading.Lock()
-        queue._local = None  # the parent's buffer and feeder thread are not this process's
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _write_some(fd: int, frames: list[bytes]) -> list[bytes]:

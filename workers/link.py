@@ -75,7 +75,7 @@ from workers import tls
 from workers.amqp import Publisher
 from workers.failback import PrimaryProbe
 from workers.histogram import Histogram
-from workers.tally import Tally
+from workers.base.tally import Tally
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,6 @@ import os
 import socket
 import threading
 import time
-import weakref
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
@@ -44,6 +43,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, Hist
 from prometheus_client.exposition import ThreadingWSGIServer
 
 from workers import histogram
+from workers.base import forks
 from workers.health import CONNECTED_STATES, STALE_AFTER
 
 log = logging.getLogger(__name__)
@@ -345,13 +345,5 @@ def _where(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-_OPEN: "weakref.WeakSet[MetricsServer]" = weakref.WeakSet()
-
-
-def _close_inherited() -> None:
-    for server in list(_OPEN):
-        server._forget_after_fork()
-    _OPEN.clear()
-
-
-os.register_at_fork(after_in_child=_close_inherited)
+# A forked child closes its copies: only the process that opened a server serves it.
+_OPEN = forks.registry(MetricsServer._forget_after_fork, forget=True)

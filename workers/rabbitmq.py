@@ -27,16 +27,17 @@ import time
 from pika.adapters.select_connection import IOLoop, PollEvents
 
 from opsevent import RabbitMQSocket, Status
-from workers import job, logs, tls
+from workers import job, tls
+from workers.base import logs
 from workers.amqp import MessageProperties
 from workers.channel import Replier, private_socket, receive_own
 from workers.histogram import Histogram
 from workers.jobqueue import FINISHED, JobQueue
 from workers.link import BrokerLink, Item
-from workers.process import (accept_stop_signals, close_inherited_listeners, reset_signals,
+from workers.base.process import (accept_stop_signals, close_inherited_listeners, reset_signals,
                              set_parent_death_signal)
 from workers.substats import FRONTEND_COUNTERS, SubscriptionStats
-from workers.tally import Tally
+from workers.base.tally import Tally
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +318,7 @@ class RabbitMQWorker:
                 log.warning("ignored a malformed front-end report (%d bytes): %s", len(data), exc)
 
     def _log_async_failure(self, status: Status, reason: str) -> None:
-        # Counted per kind and summarised while it lasts (workers/tally.py): a
+        # Counted per kind and summarised while it lasts (workers/base/tally.py): a
         # dead broker must not turn every event into a log line.
         tally = self._failures.get(status)
         if tally is None:

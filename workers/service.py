@@ -17,7 +17,7 @@ Theory of operation:
   queue (with its ledger), the shared subscription table, the worker's inbox
   address and the stats file's path; it attaches a ``JobSender`` to the
   EventInterface, then starts the worker.
-* The worker is watched through a pidfd (``workers.process.Child``), not
+* The worker is watched through a pidfd (``workers.base.process.Child``), not
   ``waitpid``: inside gunicorn the arbiter reaps every child, ours too.
   ``serve()`` runs a watcher thread that forks the worker (every time: a
   child's parent-death signal follows the thread that forked it, so that
@@ -50,12 +50,13 @@ import tempfile
 import threading
 import time
 
-from workers import health, logs
+from workers import health
+from workers.base import logs
 from workers.channel import JobSender
 from workers.commands import Commands
 from workers.control import ControlServer
 from workers.jobqueue import JobQueue
-from workers.process import Child, wait_readable
+from workers.base.process import Child, wait_readable
 from workers.rabbitmq import worker_main
 from workers.shared import TABLE_SIZE, SharedSubscriptions
 
@@ -81,7 +82,7 @@ class Service:
                  control_path: str | None = None, table_size: int = TABLE_SIZE, watch: bool = True,
                  metrics_address: tuple[str, int] | None = None):
         """``install_logging``: route every forked process's log records to this
-        process's root handlers (``workers/logs.py``); off by default, when each
+        process's root handlers (``workers/base/logs.py``); off by default, when each
         process logs through its own inherited handlers.  ``quiet_pika``: in the
         RabbitMQ worker only, silence pika's own logger (it logs each failed
         connect several times over at ERROR; the worker logs each failure once).

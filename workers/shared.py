@@ -51,7 +51,7 @@ import threading
 import time
 
 from opsevent import OpseventError, Subscriptions
-from workers.process import FORK_ONLY
+from workers.base.process import FORK_ONLY
 
 GENERATION = struct.Struct("<Q")  # the region's header: the published table's generation
 LENGTH = struct.Struct("<I")  # each slot's header: the length of its table's bytes

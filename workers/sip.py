@@ -636,7 +636,7 @@ def main(argv=None) -> int:
     parser.add_argument("--shed-age", type=float, default=0.1,
                         help="answer 503 to a MESSAGE that waited longer than this (s; default 0.1)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=workers.logs.FORMAT)
+    logging.basicConfig(level=logging.INFO, format=workers.base.logs.FORMAT)
     evi = opsevent.EventInterface(queue_size=QUEUE_SIZE)
     evi.subscribe_event(EVENT, args.subscriber)
     server = SipServer(port=args.port, processes=args.processes, shed_age=args.shed_age)

@@ -554,7 +554,7 @@ def main(argv=None) -> int:
     if not os.access(SIPP, os.X_OK):
         print(f"{SIPP} not found: install Debian's sip-tester (apt-get install sip-tester)", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.WARNING, format=workers.logs.FORMAT)
+    logging.basicConfig(level=logging.WARNING, format=workers.base.logs.FORMAT)
     rate = args.rate or None
     limit = args.limit if args.limit is not None else (32 if rate is None else None)
     print("starting a private RabbitMQ broker on 127.0.0.1 ...", flush=True)
