@@ -28,7 +28,7 @@ import opsevent
 import workers
 from opsevent import Status, parse_socket
 from workers.broker import PrivateBroker, _port_accepts, consume, declare_queue, delete_queue, queue_count
-from workers.jobqueue import _bytes_in
+from workers.channel.jobqueue import _bytes_in
 from tcpproxy import TcpProxy
 from helpers import add_secret_user, assert_no_secret, boottime, secret_socket, started_at, wait_for
 

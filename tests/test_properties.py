@@ -16,11 +16,11 @@ import workers
 import workers.rabbitmq
 from opsevent import MAX_BODY_SIZE, Status, parse_socket
 from tests.helpers import wait_for
-from workers import job
+from workers.channel import job
 from workers.broker import declare_queue
-from workers.channel import JobSender
-from workers.jobqueue import JobQueue
-from workers.job import SocketBytes
+from workers.channel.sender import JobSender
+from workers.channel.jobqueue import JobQueue
+from workers.channel.job import SocketBytes
 
 pytestmark = pytest.mark.broker
 

@@ -21,9 +21,10 @@ import opsevent
 import workers
 from opsevent import Status, encode_event, parse_socket
 from workers.broker import BrokerTLS, PrivateBroker, consume, declare_queue
-from workers import job, tls
-from workers.channel import ReplyBox
-from workers.jobqueue import JobQueue
+from workers import tls
+from workers.channel import job
+from workers.channel.replies import ReplyBox
+from workers.channel.jobqueue import JobQueue
 from workers.rabbitmq import RabbitMQWorker
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]

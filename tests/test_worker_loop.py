@@ -11,9 +11,9 @@ import pytest
 import opsevent
 from opsevent import encode_event, parse_socket
 from workers.broker import consume, declare_queue, free_port
-from workers import job
-from workers.channel import ReplyBox
-from workers.jobqueue import JobQueue
+from workers.channel import job
+from workers.channel.replies import ReplyBox
+from workers.channel.jobqueue import JobQueue
 from workers import rabbitmq
 from workers.rabbitmq import RabbitMQWorker
 

@@ -27,12 +27,13 @@ import time
 from pika.adapters.select_connection import IOLoop, PollEvents
 
 from opsevent import RabbitMQSocket, Status
-from workers import job, tls
+from workers import tls
+from workers.channel import job
 from workers.base import logs
 from workers.amqp import MessageProperties
-from workers.channel import Replier, private_socket, receive_own
+from workers.channel.replies import Replier, private_socket, receive_own
 from workers.histogram import Histogram
-from workers.jobqueue import FINISHED, JobQueue
+from workers.channel.jobqueue import FINISHED, JobQueue
 from workers.link import BrokerLink, Item
 from workers.base.process import (accept_stop_signals, close_inherited_listeners, reset_signals,
                              set_parent_death_signal)

@@ -32,7 +32,7 @@ Theory of operation:
   installed its handler waits, blocked, instead of killing it.
 
 While it runs, the EventInterface's subscriptions live in shared memory
-(``workers/shared.py``), so a subscription made in any process, before or
+(``workers/channel/shared.py``), so a subscription made in any process, before or
 after the fork, is seen by every process's next raise; with a
 ``control_path`` it also answers the ``opsevent`` CLI there
 (``workers/control.py``).
@@ -52,13 +52,13 @@ import time
 
 from workers import health
 from workers.base import logs
-from workers.channel import JobSender
+from workers.channel.sender import JobSender
 from workers.commands import Commands
 from workers.control import ControlServer
-from workers.jobqueue import JobQueue
+from workers.channel.jobqueue import JobQueue
 from workers.base.process import Child, wait_readable
 from workers.rabbitmq import worker_main
-from workers.shared import TABLE_SIZE, SharedSubscriptions
+from workers.channel.shared import TABLE_SIZE, SharedSubscriptions
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ per-process overflow buffer and feeder thread when it has not.
   is left at a frame boundary, so a worker killed between two reads leaves
   nothing torn for its successor.  Frames of a job whose writer died
   half-way are dropped after a while.
-* A job's payload is bytes the caller encodes (``workers.channel``); this
+* A job's payload is bytes the caller encodes (``workers.channel.sender``); this
   module only frames, carries and counts them.
 * A process that exits with jobs still in its overflow buffer (a recycled
   gunicorn worker, a stopping front-end) must neither wait for the worker
