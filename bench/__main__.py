@@ -25,6 +25,7 @@ import opsevent
 from bench import charts, plan, report, target, verdicts
 from bench.harness import Env
 from bench.measure import body_of, machine_info, params_for_size, proc_status
+from workers.rabbitmq import pika_private
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -186,7 +187,7 @@ def _broker_info(broker, args) -> dict:
     try:
         conn = broker.connect()
         try:
-            props = conn._impl.server_properties or {}
+            props = pika_private.server_properties(conn)
             info["version"] = _text(props.get("version"))
             info["product"] = _text(props.get("product"))
         finally:

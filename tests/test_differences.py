@@ -31,8 +31,8 @@ from opsevent import (
     parse_socket,
 )
 from opsevent.subscriptions import Subscriptions
-from workers import tls
-from workers.amqp import MessageProperties, Publisher
+from workers.rabbitmq import tls
+from workers.rabbitmq.amqp import MessageProperties, Publisher
 
 ROOT = Path(__file__).resolve().parent.parent
 FORMATS = ("lines", "json", "opensips")

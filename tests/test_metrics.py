@@ -19,12 +19,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 import opsevent
 import workers
-from workers import histogram
+from workers.rabbitmq import histogram
 from workers.broker import consume, free_port
 from workers.cli import render_stats
 from workers.health import judge
-from workers.histogram import LATENCY_BUCKETS, Histogram, quantile_bound
-from workers.link import BrokerLink, Item
+from workers.rabbitmq.histogram import LATENCY_BUCKETS, Histogram, quantile_bound
+from workers.rabbitmq.link import BrokerLink, Item
 from workers.metrics import OVERFLOW, Collector
 
 from helpers import opsevent_cli, wait_for

@@ -6,7 +6,7 @@ EventInterface are inherited by the children).
 """
 
 from workers.frontend import stopping
-from workers.rabbitmq import RabbitMQWorker
+from workers.rabbitmq.worker import RabbitMQWorker
 from workers.service import Service, serve
 from workers.supervisor import Supervisor
 

@@ -82,7 +82,8 @@ from urllib.parse import quote
 
 import pika
 import pika.exceptions
-from pika.adapters.utils.connection_workflow import AMQPConnectorException
+
+from workers.rabbitmq import pika_private
 
 __all__ = [
     "BrokerError",
@@ -117,7 +118,7 @@ _PORT_RANGE = (10000, 32000)
 # What pika.BlockingConnection() raises when it cannot connect.  Beware: a
 # timeout during the AMQP handshake (a frozen broker) surfaces as
 # pika's AMQPConnectorStackTimeout, which is *not* an AMQPConnectionError.
-CONNECT_ERRORS = (pika.exceptions.AMQPConnectionError, AMQPConnectorException, OSError)
+CONNECT_ERRORS = pika_private.CONNECT_ERRORS + (OSError,)
 
 
 class BrokerError(RuntimeError):

@@ -14,7 +14,7 @@ Usage::
 
 ``--socket`` defaults to ``$OPSEVENT_CONTROL``. ``listen`` needs no service:
 it is a consumer of the broker the SOCKET names, and prints each event
-decoded with its properties (``workers/listen.py``); for a TLS socket give
+decoded with its properties (``workers/control/listen.py``); for a TLS socket give
 ``--tls-ca-file`` (and ``--tls-cert-file``/``--tls-key-file``). A raise ``PARAM`` is
 ``name=value`` (a string), ``name:=123`` (an integer), or an unnamed value:
 ``value`` (a string without ``=``), ``=value`` (any string), ``:=123`` (an
@@ -44,7 +44,7 @@ from opsevent import OpseventError, Settings, parse_socket
 from opsevent.subscriptions import check_expire
 from workers import listen
 from workers.control import ControlError, request
-from workers.histogram import quantile_bound
+from workers.rabbitmq.histogram import quantile_bound
 
 ENV_SOCKET = "OPSEVENT_CONTROL"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 
 STALE_AFTER = 5.0  # seconds: the worker writes every second; older counters mean stuck or gone
-CONNECTED_STATES = ("ready", "switching", "rechannel")  # workers/link.py: a connection is open
+CONNECTED_STATES = ("ready", "switching", "rechannel")  # link.CONNECTED_STATES' values
 
 
 def judge(stats: dict, now: float | None = None, *, worker_only: bool = False) -> dict:

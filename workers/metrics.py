@@ -13,7 +13,7 @@ Theory of operation:
   a front-end), with one process or many, and without the client library's
   multiprocess mode.  The histograms (confirm latency per broker, the sync
   callers' wait) are fixed-bucket counts made in the worker
-  (``workers/histogram.py``).
+  (``workers/rabbitmq/histogram.py``).
 * Labels are bounded: at most ``max_subscriptions`` (event, socket) pairs
   and ``max_brokers`` brokers get series of their own, the first ones in
   sorted order (the same choice in every process); the rest are added
@@ -42,7 +42,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, Hist
                                     StateSetMetricFamily)
 from prometheus_client.exposition import ThreadingWSGIServer
 
-from workers import histogram
+from workers.rabbitmq import histogram
 from workers.base import forks
 from workers.health import CONNECTED_STATES, STALE_AFTER
 
@@ -229,7 +229,7 @@ def _brokers(rows: list[dict]):
         for row in rows:
             family.add_metric([row["broker"]], row.get(key, 0))
         yield family
-    states = StateSetMetricFamily("opsevent_broker_state", "The broker link's state (workers/link.py).",
+    states = StateSetMetricFamily("opsevent_broker_state", "The broker link's state (workers/rabbitmq/link.py).",
                                   labels=["broker"])
     for row in rows:
         if row["broker"] != OVERFLOW:

@@ -57,7 +57,7 @@ from workers.commands import Commands
 from workers.control import ControlServer
 from workers.channel.jobqueue import JobQueue
 from workers.base.process import Child, wait_readable
-from workers.rabbitmq import worker_main
+from workers.rabbitmq.worker import worker_main
 from workers.channel.shared import TABLE_SIZE, SharedSubscriptions
 
 log = logging.getLogger(__name__)
@@ -312,7 +312,7 @@ class Service:
         ``republished``, ``failovers``, ``failbacks``, ``dropped_expired``,
         ``last_error``, ``confirm_latency`` (a histogram: ``{bounds, counts,
         sum}``, seconds from writing a publish to its ack or nack,
-        ``workers/histogram.py``); ``sync_wait`` (the same, from a sync raise to
+        ``workers/rabbitmq/histogram.py``); ``sync_wait`` (the same, from a sync raise to
         its reply); and ``subscriptions``: one row per event and
         subscriber (socket text, password masked) with ``raised`` (=
         ``queued`` + ``dropped_at_exit`` + ``dropped_queue_full`` +

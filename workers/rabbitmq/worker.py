@@ -10,8 +10,8 @@ out in one socket write.
 Shutdown (SIGTERM) drains: it keeps publishing what is queued and waits for
 the broker's confirms until ``drain_timeout``, then closes the connections.
 
-Every message gets its properties here (``workers.amqp.MessageProperties``)
-and every outcome is counted per subscription (``workers.substats``); the
+Every message gets its properties here (``workers.rabbitmq.amqp.MessageProperties``)
+and every outcome is counted per subscription (``workers.rabbitmq.substats``); the
 front-ends' refusals arrive on the worker's inbox, an AF_UNIX datagram socket.
 """
 
@@ -27,17 +27,17 @@ import time
 from pika.adapters.select_connection import IOLoop, PollEvents
 
 from opsevent import RabbitMQSocket, Status
-from workers import tls
+from workers.rabbitmq import tls
 from workers.channel import job
 from workers.base import logs
-from workers.amqp import MessageProperties
+from workers.rabbitmq.amqp import MessageProperties
 from workers.channel.replies import Replier, private_socket, receive_own
-from workers.histogram import Histogram
+from workers.rabbitmq.histogram import Histogram
 from workers.channel.jobqueue import FINISHED, JobQueue
-from workers.link import BrokerLink, Item
+from workers.rabbitmq.link import CLOSING, BrokerLink, Item
 from workers.base.process import (accept_stop_signals, close_inherited_listeners, reset_signals,
                              set_parent_death_signal)
-from workers.substats import FRONTEND_COUNTERS, SubscriptionStats
+from workers.rabbitmq.substats import FRONTEND_COUNTERS, SubscriptionStats
 from workers.base.tally import Tally
 
 log = logging.getLogger(__name__)
@@ -392,7 +392,7 @@ class RabbitMQWorker:
             log.error("drain timeout: no progress for %.1f s; %d events not confirmed by the broker%s",
                       self.settings.drain_timeout, left, " and jobs still queued" if queued else "")
         for link in self.links.values():
-            if link.state != "closing" and not link.closed:
+            if link.state is not CLOSING and not link.closed:
                 link.close()
             elif now > self._drain_deadline + 2.0:
                 link.abort("close handshake timed out")

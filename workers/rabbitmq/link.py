@@ -7,7 +7,7 @@ Theory of operation:
   that broker over one pika ``SelectConnection`` and one channel in confirm
   mode, driven by the worker's single I/O loop.  It connects lazily, on the
   first item.  With ``tls`` the connection is verified against the
-  ``tls_ca_file`` setting (``workers/tls.py``); never unverified.
+  ``tls_ca_file`` setting (``workers/rabbitmq/tls.py``); never unverified.
 * ``submit(item)`` either writes the item's frames (connected, not blocked)
   or keeps it in ``pending``.  Written items wait in ``inflight`` under their
   delivery tag until the broker acks (``confirmed``), nacks, or returns them
@@ -56,6 +56,7 @@ Theory of operation:
 from __future__ import annotations
 
 import collections
+import enum
 import logging
 import os
 import random
@@ -66,22 +67,35 @@ from operator import itemgetter
 
 import pika
 from pika import exceptions, spec
-from pika.adapters.utils.connection_workflow import (AMQPConnectionWorkflowFailed, AMQPConnectorPhaseErrorBase,
-                                                     AMQPConnectorSocketConnectError)
-from pika.adapters.utils.io_services_utils import _AsyncPlaintextTransport as _PLAINTEXT
 
 from opsevent import Status
-from workers import tls
-from workers.amqp import Publisher
-from workers.failback import PrimaryProbe
-from workers.histogram import Histogram
+from workers.rabbitmq import tls
+from workers.rabbitmq.amqp import Publisher
+from workers.rabbitmq.failback import PrimaryProbe
+from workers.rabbitmq.histogram import Histogram
+from workers.rabbitmq.pika_private import connect_failure, drop, send
 from workers.base.tally import Tally
 
 log = logging.getLogger(__name__)
 
-IDLE, CONNECTING, READY, CLOSING, CLOSED = "idle", "connecting", "ready", "closing", "closed"
-SWITCHING = "switching"  # failing back: no new writes, waiting for confirms, then close
-RECHANNEL = "rechannel"  # nacked: no new writes, waiting for confirms, then a fresh channel
+
+
+class LinkState(enum.Enum):
+    """Where a link is; its value is what the stats file and the metrics show."""
+
+    IDLE = "idle"  # no connection: none needed yet, or waiting to reconnect
+    CONNECTING = "connecting"  # a connection or a fresh channel is opening
+    READY = "ready"  # publishing
+    SWITCHING = "switching"  # failing back: no new writes, waiting for confirms, then close
+    RECHANNEL = "rechannel"  # nacked: no new writes, waiting for confirms, then a fresh channel
+    CLOSING = "closing"  # the worker is stopping
+    CLOSED = "closed"
+
+
+# Module names for the states: compared with ``is`` per publish, without a class attribute look-up.
+IDLE, CONNECTING, READY, SWITCHING, RECHANNEL, CLOSING, CLOSED = LinkState
+# A connection is open in these (workers/control/health.py judges the stats file's values by them).
+CONNECTED_STATES = (READY, SWITCHING, RECHANNEL)
 _NO_EXCHANGE = re.compile(r"no exchange '(.*)' in vhost")
 _TAG = itemgetter(0)
 
@@ -98,7 +112,7 @@ class Item:
         self.exchange = exchange
         self.routing_key = routing_key
         self.body = body
-        self.properties = properties  # marshalled basic.properties (workers.amqp.MessageProperties)
+        self.properties = properties  # marshalled basic.properties (workers.rabbitmq.amqp.MessageProperties)
         self.counts = counts  # the subscription's counters: {what: n}
         self.raised_at = raised_at  # monotonic time of the raise, in the front-end
         self.deadline = deadline  # monotonic time a sync caller stops waiting; None for async
@@ -195,25 +209,7 @@ class BrokerLink:
             data = b"".join(self._out)
             self._out = []
             self._flushed.append((self._tag, time.monotonic()))
-            self._send(data)
-
-    def _send(self, data: bytes) -> None:
-        # pika's transport only buffers a write and sends it on the next
-        # writable event: an extra poller round (two watcher changes and a
-        # poll) per batch, which was a third of a sync raise's cost in the
-        # worker.  With nothing buffered ahead of it, send now; pika keeps
-        # what the socket does not take, in order.  TLS goes through pika.
-        transport = self._conn._transport
-        if (type(transport) is _PLAINTEXT and not transport._tx_buffers
-                and transport._state == _PLAINTEXT._STATE_ACTIVE):
-            try:
-                sent = transport._sock.send(data)
-            except OSError:
-                sent = 0  # EAGAIN, or a dead socket that pika's write path will find and report
-            if sent == len(data):
-                return
-            data = data[sent:]
-        self._conn._adapter_emit_data(data)
+            send(self._conn, data)  # now, not on pika's next writable event (pika_private.py says why)
 
     def _resolve(self, item: Item, status: Status, reason: str = "") -> None:
         if not item.resolved:
@@ -230,7 +226,7 @@ class BrokerLink:
     def snapshot(self) -> dict:
         """Plain counters and state, for the stats file."""
         waiting = len(self.pending) + len(self._nacked)  # nacked ones wait for the next channel
-        return {"state": self.state, "endpoint": _hostport(*self.endpoints[self._index]),
+        return {"state": self.state.value, "endpoint": _hostport(*self.endpoints[self._index]),
                 "blocked": bool(self.blocked), "pending": waiting, "inflight": len(self.inflight),
                 "backlog": waiting + len(self.inflight),
                 "reconnects": max(0, self.stats["connects"] - 1),
@@ -533,7 +529,7 @@ class BrokerLink:
             self._channel.close()
         elif now >= self._channel_deadline + self.settings.connect_timeout and not self._channel.is_closed:
             # No close-ok from a stuck broker: drop the connection (all is requeued; the next host is tried).
-            self._conn._terminate_stream(exceptions.StreamLostError("no close-ok for a nacking channel"))
+            drop(self._conn, exceptions.StreamLostError("no close-ok for a nacking channel"))
 
     def _reopen_channel_later(self) -> None:
         """The nacking channel is closed: requeue its items, open a fresh channel after a back-off."""
@@ -615,7 +611,7 @@ class BrokerLink:
             self._conn.close()
         elif now >= self._switch_deadline + self.settings.connect_timeout and not self._conn.is_closed:
             # No close-ok from a silent broker: drop the connection (what is in flight is requeued).
-            self._conn._terminate_stream(exceptions.StreamLostError("no close-ok while switching to the primary"))
+            drop(self._conn, exceptions.StreamLostError("no close-ok while switching to the primary"))
 
     def _expire_sync(self, now: float) -> None:
         for items in (self.pending, self._nacked.values(), self.inflight.values()):
@@ -657,7 +653,7 @@ class BrokerLink:
                 self._last_rx = (self._conn.bytes_received, now)
             elif now - since > 2 * hb:
                 # The broker sends a heartbeat every hb/2 s; 2*hb of silence is a dead peer.
-                self._conn._terminate_stream(exceptions.AMQPHeartbeatTimeout(
+                drop(self._conn, exceptions.AMQPHeartbeatTimeout(
                     f"no traffic from the broker for {now - since:.1f} s (heartbeat {hb} s)"))
 
     def _why_stuck(self) -> str:
@@ -685,7 +681,7 @@ class BrokerLink:
         elif self._conn is not None and not self._conn.is_closed:
             # Still opening: pika refuses close() then; abort the attempt.
             self.state = CLOSING
-            self._conn._terminate_stream(exceptions.StreamLostError("shutdown while connecting"))
+            drop(self._conn, exceptions.StreamLostError("shutdown while connecting"))
         else:
             self.state = CLOSING
             self._on_closed(None, None)
@@ -693,7 +689,7 @@ class BrokerLink:
     def abort(self, why: str) -> None:
         """Drop the connection without a close handshake (a frozen broker)."""
         if self._conn is not None and self.state is CLOSING and not self._conn.is_closed:
-            self._conn._terminate_stream(exceptions.StreamLostError(why))
+            drop(self._conn, exceptions.StreamLostError(why))
 
     @property
     def closed(self) -> bool:
@@ -711,21 +707,9 @@ def _hostport(host: str, port: int) -> str:
 
 def _describe(error, ca_file: str | None = None, client_cert: bool = True) -> str:
     """A short, password-free account of a pika error."""
-    # pika wraps a failed connection workflow in two layers; the last
-    # attempt's own exception is what says what went wrong.
-    # A TLS failure comes as the workflow error itself, unwrapped.
-    while True:
-        if isinstance(error, AMQPConnectionWorkflowFailed) and error.exceptions:
-            error = error.exceptions[-1]
-        elif (isinstance(error, exceptions.AMQPConnectionError) and error.args
-              and isinstance(error.args[0], BaseException)):
-            error = error.args[0]
-        else:
-            break
-    if isinstance(error, AMQPConnectorPhaseErrorBase):
-        phase = "TCP connect" if isinstance(error, AMQPConnectorSocketConnectError) else "set-up"
-        inner = error.exception
-        return tls.explain(inner, ca_file, client_cert) or f"{phase} failed: {getattr(inner, 'strerror', None) or inner}"
+    phase, error = connect_failure(error)
+    if phase is not None:
+        return tls.explain(error, ca_file, client_cert) or f"{phase} failed: {getattr(error, 'strerror', None) or error}"
     explained = tls.explain(error, ca_file, client_cert)
     if explained:
         return explained

@@ -15,7 +15,8 @@ import logging
 import pika
 from pika import exceptions
 
-from workers.tls import TLSSetupError
+from workers.rabbitmq.pika_private import drop
+from workers.rabbitmq.tls import TLSSetupError
 
 log = logging.getLogger(__name__)
 
@@ -76,4 +77,4 @@ class PrimaryProbe:
             if conn.is_open:
                 conn.close()
             else:
-                conn._terminate_stream(exceptions.StreamLostError("probe stopped"))
+                drop(conn, exceptions.StreamLostError("probe stopped"))
