@@ -21,11 +21,11 @@ import opsevent
 import workers
 from workers.rabbitmq import histogram
 from workers.broker import consume, free_port
-from workers.cli import render_stats
-from workers.health import judge
+from workers.control.cli import render_stats
+from workers.control.health import judge
 from workers.rabbitmq.histogram import LATENCY_BUCKETS, Histogram, quantile_bound
 from workers.rabbitmq.link import BrokerLink, Item
-from workers.metrics import OVERFLOW, Collector
+from workers.control.metrics import OVERFLOW, Collector
 
 from helpers import opsevent_cli, wait_for
 from scrape import Samples, holders, scrape

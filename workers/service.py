@@ -35,7 +35,7 @@ While it runs, the EventInterface's subscriptions live in shared memory
 (``workers/channel/shared.py``), so a subscription made in any process, before or
 after the fork, is seen by every process's next raise; with a
 ``control_path`` it also answers the ``opsevent`` CLI there
-(``workers/control.py``).
+(``workers/control/server.py``).
 """
 
 from __future__ import annotations
@@ -50,11 +50,11 @@ import tempfile
 import threading
 import time
 
-from workers import health
+from workers.control import health
 from workers.base import logs
 from workers.channel.sender import JobSender
-from workers.commands import Commands
-from workers.control import ControlServer
+from workers.control.commands import Commands
+from workers.control.server import ControlServer
 from workers.channel.jobqueue import JobQueue
 from workers.base.process import Child, wait_readable
 from workers.rabbitmq.worker import worker_main
@@ -93,7 +93,7 @@ class Service:
         loop (``check_worker()``, as the ``Supervisor`` does).
         ``metrics_address``: ``(host, port)`` where a thread of this process
         serves the worker's counters to Prometheus over HTTP
-        (``workers/metrics.py``; needs the ``metrics`` extra), or None.
+        (``workers/control/metrics.py``; needs the ``metrics`` extra), or None.
         Pre-fork: configuration only; nothing exists until start().
         """
         self.evi = evi
@@ -333,7 +333,7 @@ class Service:
             return {}
 
     def health(self, worker_only: bool = False) -> dict:
-        """Whether the worker runs and every broker it knows is connected (``workers/health.py``).
+        """Whether the worker runs and every broker it knows is connected (``workers/control/health.py``).
 
         ``{"healthy": bool, "reasons": [why not, ...], "pid", "age", "brokers": {label: state}}``;
         ``worker_only`` leaves the brokers out (for a liveness probe).  Reads
@@ -449,7 +449,7 @@ class Service:
 def _metrics_server(address, service: Service):
     """The metrics endpoint for *service*, bound and serving; a clear error without prometheus-client."""
     try:
-        from workers.metrics import Collector, MetricsServer
+        from workers.control.metrics import Collector, MetricsServer
     except ImportError as exc:
         raise ImportError(f"metrics_address needs prometheus-client ({exc}): pip install 'opsevent[metrics]'") \
             from None

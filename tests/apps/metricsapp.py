@@ -8,12 +8,12 @@ endpoint does.
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-import workers.metrics
+import workers.control.metrics
 from webapp import app as webapp_app
 from webapp import evi
 
 registry = CollectorRegistry()
-registry.register(workers.metrics.Collector(evi))
+registry.register(workers.control.metrics.Collector(evi))
 
 
 def app(environ, start_response):

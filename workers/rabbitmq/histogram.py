@@ -2,7 +2,7 @@
 
 The worker times what only it sees (a broker's confirms, a sync caller's
 wait) and writes the counts with its other counters every second; whoever
-reads the stats file (``workers.metrics``, any process) turns them into
+reads the stats file (``workers.control.metrics``, any process) turns them into
 Prometheus histograms.  So the buckets are fixed here, the same in every
 process and every worker: an observation is one ``bisect`` and one list
 increment, with nothing allocated, and two histograms of the same kind add

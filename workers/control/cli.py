@@ -42,8 +42,8 @@ import time
 
 from opsevent import OpseventError, Settings, parse_socket
 from opsevent.subscriptions import check_expire
-from workers import listen
-from workers.control import ControlError, request
+from workers.control import listen
+from workers.control.client import ControlError, request
 from workers.rabbitmq.histogram import quantile_bound
 
 ENV_SOCKET = "OPSEVENT_CONTROL"

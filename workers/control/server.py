@@ -9,8 +9,8 @@ Theory of operation:
   answers is refused, and so is a path that is not a socket.
 * The protocol is JSON lines: one request object per line, one reply per
   line, ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "..."}``.
-  What the requests mean is ``workers/commands.py``; this module only moves
-  lines.
+  What the requests mean is ``commands.py``; this module only moves
+  lines, and ``client.py`` is the other end.
 * ``ControlServer.serve_once()`` is one turn: wait (bounded) for the
   listening socket and the open connections, accept, read, answer, write.
   Everything is non-blocking; a request line is at most ``MAX_REQUEST``
@@ -27,7 +27,6 @@ Theory of operation:
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -39,19 +38,14 @@ import threading
 import time
 
 from workers.base import forks
+from workers.control.client import ControlError, exchange
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST = 64 * 1024  # bytes in one request line
-MAX_REPLY = 16 << 20  # bytes a client reads in one reply
 MAX_CONNECTIONS = 16
 CONNECTION_TIME = 10.0  # seconds a connection may stay open
-CLIENT_TIMEOUT = 10.0  # seconds the client waits for a reply by default
 _SUN_PATH_MAX = 107  # bytes of a unix socket path (sun_path less its NUL)
-
-
-class ControlError(RuntimeError):
-    """The control socket cannot be used: no service at that path, a bad path, a bad reply."""
 
 
 def bind_control_socket(path: str) -> socket.socket:
@@ -299,71 +293,3 @@ class ControlServer:
 
 # A forked child closes its copies: only the process that opened a server serves it.
 _OPEN = forks.registry(ControlServer._forget_after_fork, forget=True)
-
-
-# ---- the client side -----------------------------------------------------------------
-
-def request(path: str, message: dict, timeout: float = CLIENT_TIMEOUT) -> dict:
-    """Send one request to the service at *path*; return its ``result``.
-
-    Raises ``ControlError`` when nobody answers there or the reply is not
-    one; ``CommandFailed`` (a ControlError) with the service's own error
-    when it refused the request.
-    """
-    reply = exchange(path, message, timeout)
-    if reply.get("ok") is not True:
-        raise CommandFailed(str(reply.get("error") or "the service gave no reason"))
-    return reply.get("result")
-
-
-class CommandFailed(ControlError):
-    """The service answered ``{"ok": false, "error": ...}``."""
-
-
-def exchange(path: str, message: dict, timeout: float = CLIENT_TIMEOUT) -> dict:
-    """Send *message*, return the raw reply object (``ok`` true or false); bounded by *timeout*."""
-    deadline = time.monotonic() + timeout
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(timeout)
-        try:
-            sock.connect(path)
-        except OSError as exc:
-            raise ControlError(f"no running supervisor (or workers.serve) at control socket {path}: {_why(exc)}") from None
-        sock.sendall(json.dumps(message).encode("utf-8") + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise ControlError(f"control socket {path}: no reply within {timeout:g} s")
-            sock.settimeout(left)
-            try:
-                chunk = sock.recv(65536)
-            except socket.timeout:
-                continue
-            except OSError as exc:
-                raise ControlError(f"control socket {path}: {_why(exc)}") from None
-            if not chunk:
-                raise ControlError(f"control socket {path}: closed without a full reply")
-            data += chunk
-            if len(data) > MAX_REPLY:
-                raise ControlError(f"control socket {path}: reply longer than {MAX_REPLY} bytes")
-    finally:
-        sock.close()
-    try:
-        reply = json.loads(data)
-    except ValueError:
-        raise ControlError(f"control socket {path}: the reply is not JSON") from None
-    if not isinstance(reply, dict):
-        raise ControlError(f"control socket {path}: the reply is not a JSON object")
-    return reply
-
-
-def _why(exc: OSError) -> str:
-    reasons = {
-        errno.ENOENT: "no such file",
-        errno.ECONNREFUSED: "connection refused (a stale socket file, or not a socket)",
-        errno.EACCES: "permission denied (the socket is mode 0600: run as the user that started the service)",
-        errno.ENOTDIR: "a part of the path is not a directory",
-    }
-    return reasons.get(exc.errno, exc.strerror or str(exc))

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import time
 
+from workers.rabbitmq import link
+
 STALE_AFTER = 5.0  # seconds: the worker writes every second; older counters mean stuck or gone
-CONNECTED_STATES = ("ready", "switching", "rechannel")  # link.CONNECTED_STATES' values
+# The stats file's state names in which a link has a connection open.
+CONNECTED_STATES = tuple(state.value for state in link.CONNECTED_STATES)
 
 
 def judge(stats: dict, now: float | None = None, *, worker_only: bool = False) -> dict:

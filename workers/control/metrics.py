@@ -44,14 +44,15 @@ from prometheus_client.exposition import ThreadingWSGIServer
 
 from workers.rabbitmq import histogram
 from workers.base import forks
-from workers.health import CONNECTED_STATES, STALE_AFTER
+from workers.control.health import CONNECTED_STATES, STALE_AFTER
+from workers.rabbitmq.link import LinkState
 
 log = logging.getLogger(__name__)
 
 MAX_SUBSCRIPTIONS = 1000  # (event, socket) label pairs with series of their own
 MAX_BROKERS = 100  # broker labels with series of their own
 OVERFLOW = "_overflow"  # the label value of what is over those caps, added together
-LINK_STATES = ("idle", "connecting", "ready", "switching", "rechannel", "closing", "closed")
+LINK_STATES = tuple(state.value for state in LinkState)  # the broker_state stateset's states
 REQUEST_TIMEOUT = 10.0  # seconds a scrape connection may stay silent
 
 # Worker totals: stats key -> (metric, type, help).
@@ -128,7 +129,7 @@ class Collector:
     ``serve()``, a gunicorn worker too), or a callable returning the
     stats dict.  Register it in any registry::
 
-        prometheus_client.REGISTRY.register(workers.metrics.Collector(evi))
+        prometheus_client.REGISTRY.register(workers.control.metrics.Collector(evi))
     """
 
     def __init__(self, source, *, max_subscriptions: int = MAX_SUBSCRIPTIONS, max_brokers: int = MAX_BROKERS):

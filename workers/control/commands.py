@@ -34,7 +34,7 @@ import time
 from opsevent import OpseventError, parse_socket
 from opsevent.payload import check_event_name
 from opsevent.subscriptions import check_expire
-from workers.health import judge
+from workers.control.health import judge
 
 log = logging.getLogger(__name__)
 
