@@ -28,7 +28,7 @@ from helpers import ROOT, wait_for
 from opsevent import Status
 from workers.broker import consume, queue_count
 from workers.channel.replies import Replier, ReplyBox
-from workers.service import AlreadyServed
+from workers.processes.service import AlreadyServed
 
 pytestmark = pytest.mark.broker
 

@@ -5,9 +5,9 @@ This package owns every process, pipe, signal handler and AMQP connection;
 EventInterface are inherited by the children).
 """
 
-from workers.frontend import stopping
+from workers.processes.frontend import stopping
 from workers.rabbitmq.worker import RabbitMQWorker
-from workers.service import Service, serve
-from workers.supervisor import Supervisor
+from workers.processes.service import Service, serve
+from workers.processes.supervisor import Supervisor
 
 __all__ = ["RabbitMQWorker", "Service", "Supervisor", "serve", "stopping"]

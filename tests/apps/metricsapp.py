@@ -1,7 +1,7 @@
 """tests/apps/webapp.py with a ``/metrics`` route: opsevent's collector in the application's own registry.
 
 Each gunicorn worker answers ``/metrics`` from the RabbitMQ worker's stats
-file, which it inherited from the master (``workers.gunicorn.Hooks``), so
+file, which it inherited from the master (``workers.processes.gunicorn.Hooks``), so
 every worker gives the same numbers, as the master's ``metrics_address``
 endpoint does.
 """

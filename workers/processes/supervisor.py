@@ -18,8 +18,9 @@ import signal
 import socket
 import time
 
-from workers.frontend import frontend_main
-from workers.service import CRASH_LIMIT, CRASH_WINDOW, Service
+from workers.processes.frontend import frontend_main
+from workers.processes.crashes import CrashWindow
+from workers.processes.service import Service
 
 RESTART_POLICIES = ("on-failure", "always", "never")
 
@@ -33,7 +34,7 @@ class Supervisor:
         """``restart`` says what happens when a front-end exits before a stop:
         ``"on-failure"`` (default) starts a new one if it crashed (non-zero exit),
         ``"always"`` also when it returned, ``"never"`` leaves it gone.  A rank
-        that crashes ``CRASH_LIMIT`` times within ``CRASH_WINDOW`` s is not
+        that crashes ``CRASH_LIMIT`` times within ``CRASH_WINDOW`` s (``crashes.py``) is not
         restarted again.  ``control_path``: a unix socket (mode 0600) where the
         ``opsevent`` CLI manages subscriptions and reads stats while it runs.
         ``metrics_address``: ``(host, port)`` where this process serves
@@ -50,7 +51,7 @@ class Supervisor:
         if restart not in RESTART_POLICIES:
             raise ValueError(f"restart must be one of {', '.join(RESTART_POLICIES)}, got {restart!r}")
         self.restart = restart
-        self.deaths: dict[int, list[float]] = {}  # rank -> when it exited, within the crash window
+        self.crashes: dict[int, CrashWindow] = {}  # rank -> its deaths within the crash window
         self.evi = evi
         self.target = target
         self.processes = processes
@@ -141,13 +142,10 @@ class Supervisor:
     def _should_restart(self, rank: int, exitcode: int) -> bool:
         if self.stopping or self.restart == "never" or (exitcode == 0 and self.restart != "always"):
             return False
-        # The same rule as the worker's (Service.check_worker): the
-        # CRASH_LIMIT-th exit within CRASH_WINDOW is the last.
-        now = time.monotonic()
-        deaths = self.deaths[rank] = [t for t in self.deaths.get(rank, []) if now - t < CRASH_WINDOW] + [now]
-        if len(deaths) >= CRASH_LIMIT:
-            log.error("front-end %d exited %d times within %g s; not restarting it", rank, len(deaths),
-                      CRASH_WINDOW)
+        crashes = self.crashes.setdefault(rank, CrashWindow())  # the worker's rule too (Service.check_worker)
+        if crashes.died():
+            log.error("front-end %d exited %d times within %g s; not restarting it", rank, crashes.count,
+                      crashes.window)
             return False
         log.info("restarting front-end %d (restart=%s)", rank, self.restart)
         return True

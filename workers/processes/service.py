@@ -57,13 +57,13 @@ from workers.control.commands import Commands
 from workers.control.server import ControlServer
 from workers.channel.jobqueue import JobQueue
 from workers.base.process import Child, wait_readable
+from workers.processes.crashes import CrashWindow
 from workers.rabbitmq.worker import worker_main
 from workers.channel.shared import TABLE_SIZE, SharedSubscriptions
 
 log = logging.getLogger(__name__)
 
 WORKER_NAME = "rabbitmq-worker"
-CRASH_LIMIT, CRASH_WINDOW = 3, 10.0  # this many deaths within this many seconds: a crash loop
 CRASH_BACKOFF_MAX = 30.0  # serve(): longest pause between two workers while they keep dying
 WATCH_TICK = 1.0  # seconds between two looks of the watcher when nothing happens
 SPAWN_TIMEOUT = 10.0  # how long start() waits for the watcher to fork the first worker
@@ -111,7 +111,7 @@ class Service:
         self.process: Child | None = None
         self.sender: JobSender | None = None
         self.restarts = 0
-        self._deaths: list[float] = []
+        self._crashes = CrashWindow()  # the worker's deaths within the crash window
         self.stats_path = None
         self._stats_dir = None
         self.final_stats: dict = {}  # the worker's last counters, kept after stop()
@@ -232,14 +232,14 @@ class Service:
             if self.process is None or self.process.is_alive() or self._stopping:
                 return False
             dead = self.process
-            now = time.monotonic()
-            self._deaths = [t for t in self._deaths if now - t < CRASH_WINDOW] + [now]
+            crash_loop = self._crashes.died()
             held = self.jobs.settle_dead_reader()
             how = dead.describe_exit()
             dead.close()
-            if len(self._deaths) >= CRASH_LIMIT:
+            if crash_loop:
                 self.process = None
-                raise WorkerCrashLoop(f"{WORKER_NAME} died {len(self._deaths)} times within {CRASH_WINDOW:g} s "
+                raise WorkerCrashLoop(f"{WORKER_NAME} died {self._crashes.count} times within "
+                                      f"{self._crashes.window:g} s "
                                       f"(last: {how}, holding {held} events); see its log above")
             log.error("%s pid %d died (%s) holding %d events it had taken from the queue and not seen "
                       "confirmed (they may or may not have reached the broker; %d lost this way in all); "
