@@ -171,7 +171,7 @@ def _run_steps(steps, env, display, results: dict, errors: list) -> None:
 def _broker(args, console):
     if args.given is not None:
         return args.given
-    from workers.broker import PrivateBroker
+    from workers.demo.broker import PrivateBroker
     console.print("starting a private RabbitMQ broker on 127.0.0.1 ...", highlight=False)
     return PrivateBroker()
 

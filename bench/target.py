@@ -23,7 +23,7 @@ import ipaddress
 
 from opsevent import RabbitMQSocket, parse_socket
 from opsevent.sockets import redact
-from workers.broker import BrokerError, RunningBroker
+from workers.demo.broker import BrokerError, RunningBroker
 
 from bench.measure import QUEUE_EXPIRES_MS
 

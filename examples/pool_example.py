@@ -48,7 +48,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.socket:
         return run(args.socket, args.count)
-    from workers.broker import PrivateBroker, consume, declare_queue
+    from workers.demo.broker import PrivateBroker, consume, declare_queue
     with PrivateBroker() as broker:
         declare_queue(broker, "sipmsg")
         status = run(broker.socket("sipmsg"), args.count)

@@ -21,7 +21,7 @@ import opsevent
 import workers
 from opsevent import decode_event
 from workers.control import server as control
-from workers.broker import consume, queue_count
+from workers.demo.broker import consume, queue_count
 from workers.control.commands import Commands
 from workers.control import ControlError, request
 from workers.control.server import ControlServer

@@ -26,7 +26,7 @@ import opsevent
 import workers
 from helpers import ROOT, wait_for
 from opsevent import Status
-from workers.broker import consume, queue_count
+from workers.demo.broker import consume, queue_count
 from workers.channel.replies import Replier, ReplyBox
 from workers.processes.service import AlreadyServed
 

@@ -22,7 +22,7 @@ import pytest
 import opsevent
 import workers
 from opsevent import Status, parse_socket
-from workers.broker import PrivateBroker, _port_accepts, declare_queue
+from workers.demo.broker import PrivateBroker, declare_queue, port_accepts
 from workers.rabbitmq.link import BrokerLink
 from helpers import SECRET, SECRET_USER, add_secret_user, wait_for
 from tcpproxy import TcpProxy
@@ -45,7 +45,7 @@ def brokers(two_brokers):
     """The module's brokers, both running again after each test."""
     yield two_brokers
     for b in two_brokers:
-        if not _port_accepts(b.host, b.port):
+        if not port_accepts(b.host, b.port):
             b.start_app()
 
 

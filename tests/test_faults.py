@@ -27,15 +27,15 @@ import pytest
 import opsevent
 import workers
 from opsevent import Status, parse_socket
-from workers.broker import PrivateBroker, _port_accepts, consume, declare_queue, delete_queue, queue_count
 from workers.channel.jobqueue import _bytes_in
+from workers.demo.broker import PrivateBroker, consume, declare_queue, delete_queue, port_accepts, queue_count
+from workers.demo.procstat import cpu_seconds
 from tcpproxy import TcpProxy
 from helpers import add_secret_user, assert_no_secret, boottime, secret_socket, started_at, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
 
 FORK = multiprocessing.get_context("fork")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # ---- helpers -----------------------------------------------------------------------------------------
@@ -74,12 +74,6 @@ def assert_ids_kept(messages, ids: dict) -> None:
     """Every copy received (republished ones included) carries the message id its raise returned."""
     wrong = [(body, props.message_id, ids.get(body)) for body, props in messages if props.message_id != ids.get(body)]
     assert not wrong, f"{len(wrong)} of {len(messages)} copies with another message id, e.g. {wrong[:3]}"
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
 
 
 def alive(pid: int) -> bool:
@@ -267,7 +261,7 @@ def fault_broker(own_broker):
     """The module's private broker; healthy again after each test, whatever the test did to it."""
     yield own_broker
     own_broker.thaw()  # SIGCONT: harmless when it runs
-    if not _port_accepts(own_broker.host, own_broker.port):
+    if not port_accepts(own_broker.host, own_broker.port):
         own_broker.start_app()
 
 

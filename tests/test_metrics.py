@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 import opsevent
 import workers
 from workers.rabbitmq import histogram
-from workers.broker import consume, free_port
+from workers.demo.broker import consume, free_port
 from workers.control.cli import render_stats
 from workers.control.health import judge
 from workers.rabbitmq.histogram import LATENCY_BUCKETS, Histogram, quantile_bound

@@ -14,7 +14,7 @@ import pytest
 from pika import exceptions
 from pika.adapters.select_connection import IOLoop
 
-from workers.broker import free_port
+from workers.demo.broker import free_port
 from workers.rabbitmq import pika_private
 
 pytestmark = pytest.mark.broker

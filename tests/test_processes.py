@@ -14,7 +14,7 @@ import pytest
 
 import opsevent
 import workers
-from workers.broker import consume, declare_queue, queue_count
+from workers.demo.broker import consume, declare_queue, queue_count
 
 pytestmark = pytest.mark.broker
 

@@ -22,7 +22,7 @@ import pytest
 
 import opsevent
 import workers
-from workers.broker import PrivateBroker, consume, declare_queue, free_port
+from workers.demo.broker import PrivateBroker, consume, declare_queue, free_port
 
 from helpers import ROOT, wait_for
 

@@ -17,7 +17,7 @@ import workers.rabbitmq.worker
 from opsevent import MAX_BODY_SIZE, Status, parse_socket
 from tests.helpers import wait_for
 from workers.channel import job
-from workers.broker import declare_queue
+from workers.demo.broker import declare_queue
 from workers.channel.sender import JobSender
 from workers.channel.jobqueue import JobQueue
 from workers.channel.job import SocketBytes

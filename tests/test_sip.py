@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 import opsevent
 from opsevent import Status
-from workers import sip
-from workers.sip import (
+from workers.demo import sip
+from workers.demo.sip import (
     ANSWERED, FULL, NEW, PENDING, NotARequest, SipParseError, TransactionTable,
     build_reply, has_tag, parse_request, ruri_user, to_tag, transaction_key, via_branch,
 )

@@ -29,7 +29,7 @@ import pytest
 import opsevent
 import workers
 from opsevent import Status, parse_socket
-from workers.broker import PrivateBroker, _port_accepts, consume, declare_queue, queue_count
+from workers.demo.broker import PrivateBroker, consume, declare_queue, port_accepts, queue_count
 from helpers import wait_for
 
 FORK = multiprocessing.get_context("fork")
@@ -80,7 +80,7 @@ def sleep_until(t: float) -> None:
 def soak_broker():
     with PrivateBroker() as b:
         yield b
-        if not _port_accepts(b.host, b.port):
+        if not port_accepts(b.host, b.port):
             b.start_app()
 
 

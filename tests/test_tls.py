@@ -20,7 +20,7 @@ import trustme
 import opsevent
 import workers
 from opsevent import Status, encode_event, parse_socket
-from workers.broker import BrokerTLS, PrivateBroker, consume, declare_queue
+from workers.demo.broker import BrokerTLS, PrivateBroker, consume, declare_queue
 from workers.rabbitmq import tls
 from workers.channel import job
 from workers.channel.replies import ReplyBox

@@ -10,7 +10,7 @@ import pytest
 
 import opsevent
 from opsevent import encode_event, parse_socket
-from workers.broker import consume, declare_queue, free_port
+from workers.demo.broker import consume, declare_queue, free_port
 from workers.channel import job
 from workers.channel.replies import ReplyBox
 from workers.channel.jobqueue import JobQueue

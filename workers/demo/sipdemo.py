@@ -2,14 +2,14 @@
 
 It starts a private RabbitMQ broker, declares the ``sipmsg`` queue,
 subscribes ``E_SIP_MESSAGE`` to ``rabbitmq:127.0.0.1:<port>/sipmsg`` as the
-guide's ``startup_route`` does, runs the example SIP server (workers/sip.py)
+guide's ``startup_route`` does, runs the example SIP server (workers/demo/sip.py)
 under a Supervisor with N front-ends, drives it with sipp sending MESSAGE
 requests (each body unique: it carries sipp's call number) at a given rate
 for a given time, consumes the queue and prints a summary: requests sent and
 answered, events received, events/s, sipp's response times, a sample event,
 and whether every answered MESSAGE produced exactly one, byte-exact, event.
 
-    python -m workers.sipdemo --rate 2000 --duration 10 [--processes 4] [--limit 32]
+    python -m workers.demo --rate 2000 --duration 10 [--processes 4] [--limit 32]   # ./run demo
 
 ``run()`` is the same thing as a function (the test and the bench call it).
 """
@@ -37,8 +37,9 @@ import pika.exceptions
 
 import opsevent
 import workers
-from workers import sip
-from workers.broker import PrivateBroker, consume, declare_queue
+from workers.demo import sip
+from workers.demo.broker import PrivateBroker, consume, declare_queue
+from workers.demo.procstat import cpu_seconds, machine_busy_seconds
 
 log = logging.getLogger(__name__)
 
@@ -365,8 +366,8 @@ def _drive(sup, server, watch: QueueWatch, cmd, workdir, rate, duration, settle_
            broker) -> DemoResult:
     out = open(Path(workdir, "sipp.out"), "wb")
     pids = _server_pids(sup, broker)
-    cpu_before = {kind: sum(map(_cpu_seconds, p)) for kind, p in pids.items()}
-    busy_before = _machine_busy()
+    cpu_before = {kind: sum(cpu_seconds(pid) or 0.0 for pid in p) for kind, p in pids.items()}
+    busy_before = machine_busy_seconds()
     started = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=workdir, stdin=subprocess.DEVNULL, stdout=out,
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -384,7 +385,7 @@ def _drive(sup, server, watch: QueueWatch, cmd, workdir, rate, duration, settle_
             now = time.monotonic()
             if now >= next_sample:
                 watch.sample()
-                sipp_cpu = max(sipp_cpu, _cpu_seconds(proc.pid))
+                sipp_cpu = max(sipp_cpu, cpu_seconds(proc.pid) or 0.0)
                 next_sample = now + 0.1
             if now >= soft and not soft_sent:
                 proc.send_signal(signal.SIGUSR1)  # sipp: no new calls; finish the open ones
@@ -409,9 +410,9 @@ def _drive(sup, server, watch: QueueWatch, cmd, workdir, rate, duration, settle_
         if watch.count >= server.totals()["events"] and time.monotonic() - watch.changed_at > 0.5:
             break
     window = max(1e-9, watch.changed_at - started)
-    cpu = {kind: sum(map(_cpu_seconds, p)) - cpu_before[kind] for kind, p in pids.items()}
+    cpu = {kind: sum(cpu_seconds(pid) or 0.0 for pid in p) - cpu_before[kind] for kind, p in pids.items()}
     cpu["sipp"] = sipp_cpu
-    busy = _machine_busy() - busy_before
+    busy = machine_busy_seconds() - busy_before
     span = time.monotonic() - started
     machine = {"cores": os.cpu_count(),
                "others_cores": round(max(0.0, busy - sum(cpu.values())) / span, 2)}
@@ -428,30 +429,6 @@ def _server_pids(sup, broker) -> dict[str, list[int]]:
     except Exception:  # not ours to see (a broker started elsewhere)
         pids["broker"] = []
     return pids
-
-
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def _machine_busy() -> float:
-    """CPU seconds the whole machine has spent busy (all cores; /proc/stat)."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return 0.0
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / _CLK_TCK
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a live process (0 once it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
 def check(result: DemoResult) -> dict[str, object]:
@@ -538,7 +515,7 @@ def summary(r: DemoResult) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m workers.sipdemo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m workers.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=int, default=2000,
                         help="MESSAGE requests per second (default 2000; 0: as fast as --limit allows)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of traffic (default 10)")

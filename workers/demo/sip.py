@@ -623,12 +623,12 @@ def sojourn_percentile(totals: dict, p: float) -> float | None:
     return float("inf")
 
 
-# ---- python -m workers.sip: run the server on its own -------------------------------
+# ---- python -m workers.demo.sip: run the server on its own -------------------------------
 
 def main(argv=None) -> int:
     import opsevent
 
-    parser = argparse.ArgumentParser(prog="python -m workers.sip", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m workers.demo.sip", description=__doc__.splitlines()[0])
     parser.add_argument("subscriber", help="rabbitmq socket for E_SIP_MESSAGE, "
                         "e.g. rabbitmq:127.0.0.1:5672/sipmsg (the queue must exist)")
     parser.add_argument("--port", type=int, default=5060, help="UDP port on 127.0.0.1 (default 5060)")

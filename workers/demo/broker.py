@@ -98,6 +98,10 @@ __all__ = [
     "delete_queue",
     "queue_count",
     "consume",
+    "free_port",
+    "port_accepts",
+    "wait_exit",
+    "wait_gone",
 ]
 
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
@@ -141,7 +145,7 @@ def free_port(exclude: set[int] | frozenset[int] = frozenset()) -> int:
     raise BrokerError(f"no free TCP port found in {_PORT_RANGE} on {LOOPBACK}")
 
 
-def _port_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
+def port_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
     try:
         with _socket.create_connection((host, port), timeout=timeout):
             return True
@@ -267,7 +271,7 @@ class RunningBroker:
     def wait_port_of(self, port: int, timeout: float) -> None:
         """Wait (bounded) until ``port`` on the broker's host accepts TCP connections."""
         deadline = time.monotonic() + timeout
-        while not _port_accepts(self.host, port):
+        while not port_accepts(self.host, port):
             if time.monotonic() >= deadline:
                 raise BrokerError(f"{self.host}:{port} did not accept a connection within {timeout:g} s")
             time.sleep(0.1)
@@ -530,7 +534,7 @@ class PrivateBroker(RunningBroker):
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout
-        while not _port_accepts(self.host, self.port, timeout=0.5):
+        while not port_accepts(self.host, self.port, timeout=0.5):
             if self.proc.poll() is not None:
                 raise BrokerError(f"rabbitmq-server for {self.node} exited with "
                                   f"{self.proc.returncode} before accepting connections")
@@ -583,14 +587,14 @@ class PrivateBroker(RunningBroker):
                     self.ctl("stop", timeout=self.stop_timeout)
                 except BrokerError:
                     pass
-                _wait_exit(proc, 10)
+                wait_exit(proc, 10)
             for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
                 if proc.poll() is None or _group_alive(pgid) or any(map(_alive, beam)):
                     _killpg(pgid, sig)
                     for pid in beam:
                         _signal(pid, sig)
-                    _wait_exit(proc, wait)
-                    _wait_gone(beam, wait)
+                    wait_exit(proc, wait)
+                    wait_gone(beam, wait)
         finally:
             try:
                 self._console.close()
@@ -634,14 +638,14 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
-def _wait_exit(proc: subprocess.Popen, timeout: float) -> None:
+def wait_exit(proc: subprocess.Popen, timeout: float) -> None:
     try:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
         pass
 
 
-def _wait_gone(pids: list[int], timeout: float) -> None:
+def wait_gone(pids: list[int], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while any(map(_alive, pids)) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -1,10 +1,11 @@
-"""The demo behind ``./run demo``: the guide's example 1.5, end to end.
+"""The demo without SIP: the guide's example 1.5, raised in a loop, end to end.
 
 It starts a private broker, subscribes ``E_SIP_MESSAGE`` to
 ``rabbitmq:127.0.0.1:<port>/sipmsg`` as the guide's ``startup_route`` does,
 runs a Supervisor whose front-ends raise the event with the guide's
 ``attrs``/``vals`` (the R-URI user and the message body), consumes the queue
-and prints what arrived with the counts.
+and prints what arrived with the counts.  ``python -m workers.demo.loop``;
+``./run demo`` is the SIP demo (``sipdemo.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 import opsevent
 import workers
 from workers.base import logs
-from workers.broker import PrivateBroker, consume, declare_queue
+from workers.demo.broker import PrivateBroker, consume, declare_queue
 
 QUEUE = "sipmsg"
 
@@ -42,7 +43,7 @@ def make_target(events: int, results):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="./run demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m workers.demo.loop", description=__doc__.splitlines()[0])
     parser.add_argument("--processes", type=int, default=4, help="front-end processes (default 4)")
     parser.add_argument("--events", type=int, default=2500, help="events per front-end (default 2500)")
     parser.add_argument("--sync", action="store_true", help="sync_mode=1: each raise waits for the broker's confirm")

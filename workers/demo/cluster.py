@@ -1,14 +1,14 @@
 """A RabbitMQ cluster of private nodes on 127.0.0.1, for the tests (and for trying failover).
 
 ``PrivateCluster(size=3)`` starts ``size`` nodes as the calling user, each a
-``ClusterNode`` (a ``workers.broker.PrivateBroker`` with its own free ports,
+``ClusterNode`` (a ``workers.demo.broker.PrivateBroker`` with its own free ports,
 data and log folder), joins them into one cluster, and stops them again.  A
 node can be killed (SIGKILL of its ``beam.smp``, found by its AMQP port) and
 started again with the same name, ports and data: it rejoins the cluster, as
 a crashed node does.  ``stop_app``/``start_app`` and ``freeze``/``thaw``
 (SIGSTOP/SIGCONT) come from ``RunningBroker``.
 
-How (see also ``workers/broker.py`` for one node):
+How (see also ``workers/demo/broker.py`` for one node):
 
 * One ``HOME`` for every node and for ``rabbitmqctl``, holding one
   ``.erlang.cookie`` (mode 0400): nodes of a cluster must share the cookie.
@@ -36,7 +36,7 @@ import threading
 import time
 from pathlib import Path
 
-from workers.broker import (BrokerError, PrivateBroker, _port_accepts, _wait_exit, _wait_gone)
+from workers.demo.broker import (BrokerError, PrivateBroker, port_accepts, wait_exit, wait_gone)
 
 __all__ = ["ClusterNode", "PrivateCluster"]
 
@@ -58,13 +58,13 @@ class ClusterNode(PrivateBroker):
         """SIGKILL the node's VM, as a crash would (connections reset); its data stays for ``restart()``."""
         pid = self.beam_pid()
         os.kill(pid, signal.SIGKILL)
-        _wait_gone([pid], 10)
-        _wait_exit(self.proc, 10)
+        wait_gone([pid], 10)
+        wait_exit(self.proc, 10)
         self._beam_pid = None
 
     def restart(self) -> None:
         """Start a killed node again: same name, ports and data; it rejoins its cluster."""
-        if _port_accepts(self.host, self.port):
+        if port_accepts(self.host, self.port):
             raise BrokerError(f"{self.node} is running: kill() it first")
         self._beam_pid = None
         self._spawn()
@@ -73,7 +73,7 @@ class ClusterNode(PrivateBroker):
     @property
     def running(self) -> bool:
         """The broker application takes connections (not killed, app not stopped, not frozen)."""
-        return _port_accepts(self.host, self.port)
+        return port_accepts(self.host, self.port)
 
 
 class PrivateCluster:
