@@ -7,7 +7,7 @@ closed, which publishes whatever is still queued.
     python examples/pool_example.py                      # starts a private broker itself
     python examples/pool_example.py --socket rabbitmq:127.0.0.1:5673/sipmsg --count 100
 
-For gunicorn, ``workers.processes.gunicorn.Hooks`` does the same in its server hooks
+For gunicorn, ``workers.gunicorn.Hooks`` does the same in its server hooks
 (README, "Embedding in the server you already run").
 """
 

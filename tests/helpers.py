@@ -25,11 +25,11 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
 
 
 def opsevent_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``python -m workers.control.cli ARGS`` in a subprocess, as a user runs ``opsevent``; bounded to 30 s."""
+    """``python -m workers.cli ARGS`` in a subprocess, as a user runs ``opsevent``; bounded to 30 s."""
     environ = dict(os.environ, PYTHONPATH=str(ROOT))
     environ.pop("OPSEVENT_CONTROL", None)
     environ.update(env or {})
-    return subprocess.run([sys.executable, "-m", "workers.control.cli", *args], cwd=ROOT, env=environ,
+    return subprocess.run([sys.executable, "-m", "workers.cli", *args], cwd=ROOT, env=environ,
                           capture_output=True, text=True, timeout=30)
 
 

@@ -26,7 +26,7 @@ from workers.demo.broker import consume, free_port, queue_count
 APPS = ROOT / "tests" / "apps"
 
 GUNICORN_CONF = """\
-from workers.processes.gunicorn import Hooks
+from workers.gunicorn import Hooks
 
 opsevent = Hooks("webapp:evi", **{options!r})
 on_starting, on_exit, worker_exit = opsevent.on_starting, opsevent.on_exit, opsevent.worker_exit

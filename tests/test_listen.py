@@ -111,7 +111,7 @@ def test_listen_binds_a_queue_of_its_own_to_the_sockets_exchange_and_takes_nothi
     conn.channel().queue_bind(queue_name, "amq.fanout")
     conn.close()
     listener = subprocess.Popen(
-        [sys.executable, "-m", "workers.control.cli", "listen", f"rabbitmq:127.0.0.1:{broker.port}/amq.fanout?",
+        [sys.executable, "-m", "workers.cli", "listen", f"rabbitmq:127.0.0.1:{broker.port}/amq.fanout?",
          "--count", "1", "--timeout", "20"],
         cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)

@@ -9,7 +9,7 @@ Configured by the environment, read at import:
 ``WEBAPP_SERVE``      ``import``: ``workers.serve(evi)`` at import (each process
                       that imports the module serves its own);
                       ``lifespan``: the ASGI lifespan serves it (uvicorn --workers);
-                      anything else: the server's hooks do (workers.processes.gunicorn.Hooks)
+                      anything else: the server's hooks do (workers.gunicorn.Hooks)
 ``WEBAPP_LOGGING``    ``basic``: ``logging.basicConfig()`` at import
 ``WEBAPP_PAD``        N: every event also carries ``pad`` = N times ``x`` (big jobs fill the pipe)
 
@@ -24,7 +24,7 @@ import logging
 import os
 
 import opsevent
-import workers.processes.asgi
+import workers.asgi
 from workers.processes.service import serve
 
 if os.environ.get("WEBAPP_LOGGING") == "basic":
@@ -93,7 +93,7 @@ async def _lifespan(receive, send):
         await receive()
         await send({"type": "lifespan.shutdown.complete"})
         return
-    async with workers.processes.asgi.serving(evi, quiet_pika=True):
+    async with workers.asgi.serving(evi, quiet_pika=True):
         await send({"type": "lifespan.startup.complete"})
         message = await receive()  # lifespan.shutdown
     assert message["type"] == "lifespan.shutdown"

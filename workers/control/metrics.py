@@ -129,7 +129,7 @@ class Collector:
     ``serve()``, a gunicorn worker too), or a callable returning the
     stats dict.  Register it in any registry::
 
-        prometheus_client.REGISTRY.register(workers.control.metrics.Collector(evi))
+        prometheus_client.REGISTRY.register(workers.metrics.Collector(evi))
     """
 
     def __init__(self, source, *, max_subscriptions: int = MAX_SUBSCRIPTIONS, max_brokers: int = MAX_BROKERS):

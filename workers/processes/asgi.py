@@ -10,14 +10,14 @@ own, from the application's lifespan::
 
     @contextlib.asynccontextmanager
     async def lifespan(app):                    # Starlette / FastAPI
-        async with workers.processes.asgi.serving(evi):
+        async with workers.asgi.serving(evi):
             yield
 
     async def endpoint(request):
         result = await evi.araise_event("E_ORDER", {"id": 7})   # never blocks the loop
 
 Under gunicorn with ``uvicorn_worker.UvicornWorker``, gunicorn's master
-serves the EventInterface (``workers.processes.gunicorn.Hooks``) and every worker
+serves the EventInterface (``workers.gunicorn.Hooks``) and every worker
 inherits it: ``serving()`` then sees that and starts nothing.
 """
 

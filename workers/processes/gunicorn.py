@@ -2,7 +2,7 @@
 
 In ``gunicorn.conf.py``::
 
-    from workers.processes.gunicorn import Hooks
+    from workers.gunicorn import Hooks
 
     opsevent = Hooks("myapp:evi")          # or the EventInterface itself
     on_starting, on_exit, worker_exit = opsevent.on_starting, opsevent.on_exit, opsevent.worker_exit
@@ -10,7 +10,7 @@ In ``gunicorn.conf.py``::
 
 Never ``import workers`` in that file: gunicorn reads its settings from the
 file's names, and its ``workers`` setting (the number of processes) would
-replace the package, or the package the setting.  ``from workers.processes.gunicorn
+replace the package, or the package the setting.  ``from workers.gunicorn
 import Hooks`` binds only ``Hooks``.
 
 What each hook does:
