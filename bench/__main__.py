@@ -177,7 +177,7 @@ def _broker(args, console):
 
 
 def _broker_info(broker, args) -> dict:
-    """Where the runs went, with no password: the JSON and the README show it."""
+    """Where the runs went, with no password: the JSON and docs/benchmark.md show it."""
     given = args.given is not None
     info = {"label": broker.label if given else f"{broker.user}@{broker.host}:{broker.port}/%2F",
             "host": broker.host, "port": broker.port, "private": not given,

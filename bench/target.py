@@ -98,7 +98,7 @@ def notice(broker: SocketBroker) -> str:
 
 
 def redact_argv(argv: list[str]) -> list[str]:
-    """The command line with any socket's password shown as ``***`` (for the JSON and the README)."""
+    """The command line with any socket's password shown as ``***`` (for the JSON and docs/benchmark.md)."""
     out = []
     for arg in argv:
         flag, eq, value = arg.partition("=")

@@ -8,7 +8,7 @@ closed, which publishes whatever is still queued.
     python examples/pool_example.py --socket rabbitmq:127.0.0.1:5673/sipmsg --count 100
 
 For gunicorn, ``workers.gunicorn.Hooks`` does the same in its server hooks
-(README, "Embedding in the server you already run").
+(docs/embedding.md, "Embedding in the server you already run").
 """
 
 import argparse

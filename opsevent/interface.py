@@ -175,7 +175,7 @@ class Settings:
         Connect first to a randomly chosen host of a socket's list rather
         than the first, so that the workers of many servers spread over a
         cluster's nodes; the host chosen is then the one fail-back returns
-        to (see the README, "Running on a RabbitMQ cluster").
+        to (see docs/cluster.md, "Running on a RabbitMQ cluster").
     """
 
     heartbeat: int = 0

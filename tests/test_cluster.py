@@ -249,7 +249,7 @@ def test_no_event_that_returned_success_is_missing_and_every_caller_is_bounded_w
 
 
 def print_figure(fault, outcome, received, confirmed, missing, recovery) -> None:
-    """One line of the README's table (run with -s to see it)."""
+    """One line of docs/cluster.md's table (run with -s to see it)."""
     statuses = collections.Counter(d.status.value for _b, d, *_ in outcome.sync)
     unknown = {body for body, d, *_ in outcome.sync if d.status is Status.TIMEOUT}
     not_taken = {body for body, d, *_ in outcome.sync if d.status in (Status.NACKED, Status.FAILED)}

@@ -192,7 +192,7 @@ def worker_logs():
 
 def event_body(event: str, rank: int, seq: int) -> bytes:
     """The body of ``raise_event(event, {"rank": rank, "seq": seq})``, written out here: the
-    guide's line format (README, "Event bodies"), not the encoder under test."""
+    guide's line format (docs/guide.md, "Event bodies"), not the encoder under test."""
     return b"%s\nrank::%d\nseq::%d\n" % (event.encode(), rank, seq)
 
 

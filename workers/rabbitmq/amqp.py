@@ -62,7 +62,7 @@ class MessageProperties:
 
     Per message: ``content-type`` (by body format), ``headers``
     ``{"event": NAME}`` (unless ``event_header`` is false: a headers table
-    costs the broker about a quarter more CPU per message, see the README),
+    costs the broker about a quarter more CPU per message, see docs/benchmark.md),
     ``delivery-mode`` 2 when persistent, ``message-id``, ``timestamp``
     (seconds) and ``app-id``.  What depends on the event and
     the subscriber is built once per (event, content type, persistent) by
