@@ -9,9 +9,9 @@ import time
 
 from opsevent import Status, parse_socket
 from workers.channel import job, replies
+from workers.channel.jobqueue import JobQueue
 from workers.channel.replies import Replier, ReplyBox
 from workers.channel.sender import JobSender
-from workers.channel.jobqueue import JobQueue
 
 from helpers import ANOTHER_UID, as_another_user
 

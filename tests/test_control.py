@@ -21,10 +21,10 @@ import opsevent
 import workers
 from opsevent import decode_event
 from workers.control import server as control
-from workers.demo.broker import consume, queue_count
-from workers.control.commands import Commands
 from workers.control import ControlError, request
+from workers.control.commands import Commands
 from workers.control.server import ControlServer
+from workers.demo.broker import consume, queue_count
 
 from helpers import as_another_user, assert_no_secret, opsevent_cli, secret_socket, wait_for
 

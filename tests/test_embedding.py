@@ -26,8 +26,8 @@ import opsevent
 import workers
 from helpers import ROOT, wait_for
 from opsevent import Status
-from workers.demo.broker import consume, queue_count
 from workers.channel.replies import Replier, ReplyBox
+from workers.demo.broker import consume, queue_count
 from workers.processes.service import AlreadyServed
 
 pytestmark = pytest.mark.broker

@@ -19,13 +19,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 import opsevent
 import workers
-from workers.rabbitmq import histogram
-from workers.demo.broker import consume, free_port
 from workers.control.cli import render_stats
 from workers.control.health import judge
+from workers.control.metrics import OVERFLOW, Collector
+from workers.demo.broker import consume, free_port
+from workers.rabbitmq import histogram
 from workers.rabbitmq.histogram import LATENCY_BUCKETS, Histogram, quantile_bound
 from workers.rabbitmq.link import BrokerLink, Item
-from workers.control.metrics import OVERFLOW, Collector
 
 from helpers import opsevent_cli, wait_for
 from scrape import Samples, holders, scrape

@@ -17,10 +17,10 @@ import workers.rabbitmq.worker
 from opsevent import MAX_BODY_SIZE, Status, parse_socket
 from tests.helpers import wait_for
 from workers.channel import job
-from workers.demo.broker import declare_queue
-from workers.channel.sender import JobSender
-from workers.channel.jobqueue import JobQueue
 from workers.channel.job import SocketBytes
+from workers.channel.jobqueue import JobQueue
+from workers.channel.sender import JobSender
+from workers.demo.broker import declare_queue
 
 pytestmark = pytest.mark.broker
 

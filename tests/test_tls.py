@@ -20,11 +20,11 @@ import trustme
 import opsevent
 import workers
 from opsevent import Status, encode_event, parse_socket
+from workers.channel import job
+from workers.channel.jobqueue import JobQueue
+from workers.channel.replies import ReplyBox
 from workers.demo.broker import BrokerTLS, PrivateBroker, consume, declare_queue
 from workers.rabbitmq import tls
-from workers.channel import job
-from workers.channel.replies import ReplyBox
-from workers.channel.jobqueue import JobQueue
 from workers.rabbitmq.worker import RabbitMQWorker
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]

@@ -10,10 +10,10 @@ import pytest
 
 import opsevent
 from opsevent import encode_event, parse_socket
-from workers.demo.broker import consume, declare_queue, free_port
 from workers.channel import job
-from workers.channel.replies import ReplyBox
 from workers.channel.jobqueue import JobQueue
+from workers.channel.replies import ReplyBox
+from workers.demo.broker import consume, declare_queue, free_port
 from workers.rabbitmq import worker as worker_module
 from workers.rabbitmq.worker import RabbitMQWorker
 

@@ -42,9 +42,9 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, Hist
                                     StateSetMetricFamily)
 from prometheus_client.exposition import ThreadingWSGIServer
 
-from workers.rabbitmq import histogram
 from workers.base import forks
 from workers.control.health import CONNECTED_STATES, STALE_AFTER
+from workers.rabbitmq import histogram
 from workers.rabbitmq.link import LinkState
 
 log = logging.getLogger(__name__)

@@ -50,16 +50,16 @@ import tempfile
 import threading
 import time
 
-from workers.control import health
 from workers.base import logs
+from workers.base.process import Child, wait_readable
+from workers.channel.jobqueue import JobQueue
 from workers.channel.sender import JobSender
+from workers.channel.shared import TABLE_SIZE, SharedSubscriptions
+from workers.control import health
 from workers.control.commands import Commands
 from workers.control.server import ControlServer
-from workers.channel.jobqueue import JobQueue
-from workers.base.process import Child, wait_readable
 from workers.processes.crashes import CrashWindow
 from workers.rabbitmq.worker import worker_main
-from workers.channel.shared import TABLE_SIZE, SharedSubscriptions
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import signal
 import socket
 import time
 
-from workers.processes.frontend import frontend_main
 from workers.processes.crashes import CrashWindow
+from workers.processes.frontend import frontend_main
 from workers.processes.service import Service
 
 RESTART_POLICIES = ("on-failure", "always", "never")

@@ -69,12 +69,12 @@ import pika
 from pika import exceptions, spec
 
 from opsevent import Status
+from workers.base.tally import Tally
 from workers.rabbitmq import tls
 from workers.rabbitmq.amqp import Publisher
 from workers.rabbitmq.failback import PrimaryProbe
 from workers.rabbitmq.histogram import Histogram
 from workers.rabbitmq.pika_private import connect_failure, drop, send
-from workers.base.tally import Tally
 
 log = logging.getLogger(__name__)
 

@@ -27,18 +27,18 @@ import time
 from pika.adapters.select_connection import IOLoop, PollEvents
 
 from opsevent import RabbitMQSocket, Status
-from workers.rabbitmq import tls
-from workers.channel import job
 from workers.base import logs
-from workers.rabbitmq.amqp import MessageProperties
-from workers.channel.replies import Replier, private_socket, receive_own
-from workers.rabbitmq.histogram import Histogram
+from workers.channel import job
 from workers.channel.jobqueue import FINISHED, JobQueue
+from workers.channel.replies import Replier, private_socket, receive_own
+from workers.rabbitmq import tls
+from workers.rabbitmq.amqp import MessageProperties
+from workers.rabbitmq.histogram import Histogram
 from workers.rabbitmq.link import CLOSING, BrokerLink, Item
 from workers.base.process import (accept_stop_signals, close_inherited_listeners, reset_signals,
                              set_parent_death_signal)
-from workers.rabbitmq.substats import FRONTEND_COUNTERS, SubscriptionStats
 from workers.base.tally import Tally
+from workers.rabbitmq.substats import FRONTEND_COUNTERS, SubscriptionStats
 
 log = logging.getLogger(__name__)
 
