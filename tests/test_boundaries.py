@@ -46,13 +46,17 @@ def test_the_package_exports_exactly_its_public_names():
 
 def _imports(path: Path):
     """``(module, name)`` for every ``from module import name`` in *path*, relative ones resolved."""
-    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.ImportFrom):
-            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
-            module = ".".join(part for part in (base, node.module) if part)
-            for alias in node.names:
-                yield module, alias.name
+            yield from _imports_of(node, path)
+
+
+def _imports_of(node: ast.ImportFrom, path: Path):
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+    module = ".".join(part for part in (base, node.module) if part)
+    for alias in node.names:
+        yield module, alias.name
 
 
 def test_no_opsevent_module_imports_another_public_modules_private_names():
@@ -109,14 +113,6 @@ def _modules_imported(path: Path):
         elif isinstance(node, ast.ImportFrom):
             for module, name in _imports_of(node, path):
                 yield f"workers.{name}" if module == "workers" else module  # from workers import <room>
-
-
-def _imports_of(node: ast.ImportFrom, path: Path):
-    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
-    base = package.rsplit(".", node.level - 1)[0] if node.level else ""
-    module = ".".join(part for part in (base, node.module) if part)
-    for alias in node.names:
-        yield module, alias.name
 
 
 def _workers_files():
