@@ -320,6 +320,9 @@ def test_only_the_serving_process_holds_the_metrics_port_never_a_forked_child_or
         child.start()
         try:
             assert ready.wait(10)
+            # The worker closes what it inherited as it starts, which on a loaded machine may be
+            # well after serve() returned: look once it has attached to the queue, after that.
+            wait_for(lambda: service.jobs.readers() >= 1, 10, "the worker attached to the job queue")
             roles = {os.getpid(): "serving process", child.pid: "forked child", service.process.pid: "worker"}
             held = holders(service.metrics.address, roles)
             assert {roles[pid] for pid in held} == {"serving process"}, held
