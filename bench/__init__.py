@@ -21,5 +21,5 @@ PASS/MISS verdict, and every figure with what limited it.  Modules:
 ``target`` (the broker: private, or the user's, named by a socket), ``plan``
 (what a full or smoke run does), ``report`` (tables, JSON), ``limits`` (what
 limited each figure), ``verdicts`` (the targets), ``charts``, ``readme`` (the
-README's section), ``ui`` (progress).
+benchmark page's generated section, docs/benchmark.md), ``ui`` (progress).
 """

@@ -25,6 +25,7 @@ import opsevent
 from bench import charts, plan, report, target, verdicts
 from bench.harness import Env
 from bench.measure import body_of, machine_info, params_for_size, proc_status
+from workers.rabbitmq import pika_private
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -170,13 +171,13 @@ def _run_steps(steps, env, display, results: dict, errors: list) -> None:
 def _broker(args, console):
     if args.given is not None:
         return args.given
-    from workers.broker import PrivateBroker
+    from workers.demo.broker import PrivateBroker
     console.print("starting a private RabbitMQ broker on 127.0.0.1 ...", highlight=False)
     return PrivateBroker()
 
 
 def _broker_info(broker, args) -> dict:
-    """Where the runs went, with no password: the JSON and the README show it."""
+    """Where the runs went, with no password: the JSON and docs/benchmark.md show it."""
     given = args.given is not None
     info = {"label": broker.label if given else f"{broker.user}@{broker.host}:{broker.port}/%2F",
             "host": broker.host, "port": broker.port, "private": not given,
@@ -186,7 +187,7 @@ def _broker_info(broker, args) -> dict:
     try:
         conn = broker.connect()
         try:
-            props = conn._impl.server_properties or {}
+            props = pika_private.server_properties(conn)
             info["version"] = _text(props.get("version"))
             info["product"] = _text(props.get("product"))
         finally:

@@ -13,6 +13,7 @@ import pika.exceptions
 from hdrh.histogram import HdrHistogram
 
 from opsevent.payload import MAX_BODY_SIZE, encode_event
+from workers.demo.procstat import cpu_seconds, machine_busy_seconds
 
 # -- event bodies -------------------------------------------------------------
 
@@ -153,28 +154,6 @@ def proc_private_kib(pid: int | str = "self") -> int | None:
     return total
 
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu_s(pid: int | str = "self") -> float | None:
-    """User + system CPU seconds a process has used (None when it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
-
-
-def machine_busy_s() -> float:
-    """CPU seconds the whole machine has been busy (all cores; /proc/stat)."""
-    with open("/proc/stat") as f:
-        values = [int(v) for v in f.readline().split()[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
-    guest = sum(values[8:10]) if len(values) > 9 else 0  # already counted in user/nice
-    return (sum(values) - idle - guest) / CLK_TCK
-
-
 class ProcSampler:
     """A thread sampling the RSS and CPU time of some processes.
 
@@ -194,7 +173,7 @@ class ProcSampler:
         self._stop = threading.Event()
         self._ended = False
         self._window = [time.monotonic(), None]
-        self._busy = [machine_busy_s(), None]
+        self._busy = [machine_busy_seconds(), None]
         self._probes: list = []
         self.probe_max: dict[str, float] = {}
         self._thread = threading.Thread(target=self._run, name="proc-sampler", daemon=True)
@@ -204,7 +183,7 @@ class ProcSampler:
             return
         with self._lock:
             self._pids[name] = pid
-            self.peaks.setdefault(name, {"pid": pid, "cpu_start_s": proc_cpu_s(pid)})
+            self.peaks.setdefault(name, {"pid": pid, "cpu_start_s": cpu_seconds(pid)})
         self._sample_one(name, pid)
 
     def probe(self, fn) -> None:
@@ -215,9 +194,9 @@ class ProcSampler:
         """Start the CPU window now (processes watched before count from here)."""
         with self._lock:
             self._window[0] = time.monotonic()
-            self._busy[0] = machine_busy_s()
+            self._busy[0] = machine_busy_seconds()
             for name, pid in self._pids.items():
-                self.peaks[name]["cpu_start_s"] = proc_cpu_s(pid)
+                self.peaks[name]["cpu_start_s"] = cpu_seconds(pid)
 
     def mark_end(self) -> None:
         """End the CPU window now: the run's clock has stopped.  Also the private-memory sample."""
@@ -225,7 +204,7 @@ class ProcSampler:
         with self._lock:
             self._ended = True
             self._window[1] = time.monotonic()
-            self._busy[1] = machine_busy_s()
+            self._busy[1] = machine_busy_seconds()
 
     def start(self) -> "ProcSampler":
         self._thread.start()
@@ -251,7 +230,7 @@ class ProcSampler:
     def cpu(self, memory: dict[str, dict], events: int | None = None) -> dict:
         """CPU over the window by kind of process (``worker``, ``frontend``...), plus others."""
         window = (self._window[1] or time.monotonic()) - self._window[0]
-        busy = (self._busy[1] or machine_busy_s()) - self._busy[0]
+        busy = (self._busy[1] or machine_busy_seconds()) - self._busy[0]
         by_kind: dict[str, float] = {}
         for name, v in memory.items():
             if "cpu_s" in v:
@@ -286,7 +265,7 @@ class ProcSampler:
         st = proc_status(pid)
         if not st:
             return
-        cpu = proc_cpu_s(pid)
+        cpu = cpu_seconds(pid)
         with self._lock:
             peak = self.peaks[name]
             peak["hwm_kib"] = max(peak.get("hwm_kib", 0), st.get("VmHWM", 0))

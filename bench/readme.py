@@ -1,10 +1,12 @@
-"""The README's bench section, rendered from a bench JSON file.
+"""The benchmark page's generated section (``docs/benchmark.md``), rendered from a bench JSON file.
 
     python -m bench.readme bench/results/latest.json            # print it
-    python -m bench.readme bench/results/latest.json --write README.md
+    python -m bench.readme bench/results/latest.json --write    # into docs/benchmark.md
 
-``--write`` replaces only what lies between ``<!-- bench:start -->`` and
-``<!-- bench:end -->`` (appending the two markers if the file has none).
+``--write [FILE]`` replaces only what lies between ``<!-- bench:start -->``
+and ``<!-- bench:end -->`` of FILE (``docs/benchmark.md`` by default;
+appending the two markers if the file has none).  Links are relative to
+``docs/``, where the page is.
 """
 
 from __future__ import annotations
@@ -18,11 +20,10 @@ from bench import report, verdicts
 from bench.limits import bound
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+PAGE = Path(__file__).resolve().parent.parent / "docs" / "benchmark.md"
 COMMAND = "./run bench --json bench/results/latest.json"
 
 INTRO = """\
-## Benchmark
-
 ```sh
 ./run bench --json bench/results/latest.json   # the full run, ~6 minutes on 2 cores
 ./run bench --smoke                            # every scenario once, tiny counts (CI runs it)
@@ -91,7 +92,7 @@ def render(doc: dict) -> str:
     results = {**doc.get("scenarios", {}), **doc.get("baselines", {})}
     m, broker = doc.get("machine", {}), doc.get("broker", {})
     where = "private broker on loopback" if broker.get("private", True) else f"at {broker.get('label')}"
-    parts = [INTRO, "### Latest results\n"]
+    parts = [INTRO, "## Latest results\n"]
     parts.append(
         f"- machine: {m.get('cpus')} cores (`nproc`), {m.get('cpu_model')}, {m.get('memory_gib')} GiB, "
         f"{m.get('os')}, Linux {m.get('kernel')}\n"
@@ -102,12 +103,12 @@ def render(doc: dict) -> str:
         f"- load average when it started: {', '.join(f'{x:.2f}' for x in m.get('load_average_at_start', []))}; "
         f"the \"other processes\" column below is CPU that processes other than the bench's used "
         f"during each run (a shared machine): read ratios, not absolute figures\n"
-        f"- every figure, with its histogram: [`bench/results/latest.json`](bench/results/latest.json)\n")
+        f"- every figure, with its histogram: [`bench/results/latest.json`](../bench/results/latest.json)\n")
     parts.append(report.markdown(report.tables(results), doc.get("targets", []), verdicts.SUPERSEDED))
     parts.append(limits(results, doc.get("targets", [])))
     parts.append("![Async events/s against the number of front-ends: opsevent, B4, B1 and B2]"
-                 "(bench/results/throughput.png)\n")
-    parts.append("![Sync latency distribution: opsevent against B3](bench/results/sync_latency.png)\n")
+                 "(../bench/results/throughput.png)\n")
+    parts.append("![Sync latency distribution: opsevent against B3](../bench/results/sync_latency.png)\n")
     return "\n".join(parts)
 
 
@@ -154,7 +155,8 @@ def write(readme: Path, section: str) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.readme", description=__doc__.splitlines()[0])
     p.add_argument("json", help="a file written by python -m bench --json")
-    p.add_argument("--write", metavar="README", help="replace the bench section of this file")
+    p.add_argument("--write", metavar="FILE", nargs="?", const=str(PAGE),
+                   help=f"replace the generated section of FILE (default {PAGE.relative_to(PAGE.parents[1])})")
     args = p.parse_args(argv)
     section = render(json.loads(Path(args.json).read_text()))
     if args.write:

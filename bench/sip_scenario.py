@@ -1,7 +1,7 @@
 """The guide's example 1.5 under sipp: the SIP server's speed, and its behaviour at overload.
 
 ``run(broker, rate=None, limit=32, duration=10, processes=4)`` drives the
-example SIP server (workers/sip.py, N front-ends) with sipp sending MESSAGE
+example SIP server (workers/demo/sip.py, N front-ends) with sipp sending MESSAGE
 requests, at most *limit* outstanding (sipp ``-l``) and as fast as that
 allows when *rate* is None, and returns events/s into the queue and sipp's
 response-time percentiles.  It does not consume the queue.
@@ -29,8 +29,8 @@ import sys
 import uuid
 
 import workers
-from workers import sipdemo
-from workers.broker import PrivateBroker, delete_queue
+from workers.demo import sipdemo
+from workers.demo.broker import PrivateBroker, delete_queue
 
 TARGET_EVENTS_PER_S = 7000
 TARGET_P99_MS = 20
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     parser.add_argument("--overload-rate", type=int, help="overload at this rate instead (MESSAGE/s)")
     parser.add_argument("--json", help="write every figure to this file")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format=workers.logs.FORMAT)
+    logging.basicConfig(level=logging.WARNING, format=workers.base.logs.FORMAT)
     results = {"limit_runs": [], "overload": None}
     with PrivateBroker() as broker:
         for i in range(args.runs):

@@ -23,7 +23,7 @@ import ipaddress
 
 from opsevent import RabbitMQSocket, parse_socket
 from opsevent.sockets import redact
-from workers.broker import BrokerError, RunningBroker
+from workers.demo.broker import BrokerError, RunningBroker
 
 from bench.measure import QUEUE_EXPIRES_MS
 
@@ -98,7 +98,7 @@ def notice(broker: SocketBroker) -> str:
 
 
 def redact_argv(argv: list[str]) -> list[str]:
-    """The command line with any socket's password shown as ``***`` (for the JSON and the README)."""
+    """The command line with any socket's password shown as ``***`` (for the JSON and docs/benchmark.md)."""
     out = []
     for arg in argv:
         flag, eq, value = arg.partition("=")

@@ -30,7 +30,7 @@ def targets(res: dict) -> list[dict]:
 
 
 def _verdict(name: str, ok: bool | None, detail: str, run: str | None = None) -> dict:
-    """``run``: the step whose events/s or confirmed/s is judged (the README says what limited it)."""
+    """``run``: the step whose events/s or confirmed/s is judged (docs/benchmark.md says what limited it)."""
     return {"target": name, "verdict": "n/a" if ok is None else ("PASS" if ok else "MISS"), "detail": detail,
             "run": run}
 

@@ -8,7 +8,7 @@ closed, which publishes whatever is still queued.
     python examples/pool_example.py --socket rabbitmq:127.0.0.1:5673/sipmsg --count 100
 
 For gunicorn, ``workers.gunicorn.Hooks`` does the same in its server hooks
-(README, "Embedding in the server you already run").
+(docs/embedding.md, "Embedding in the server you already run").
 """
 
 import argparse
@@ -48,7 +48,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.socket:
         return run(args.socket, args.count)
-    from workers.broker import PrivateBroker, consume, declare_queue
+    from workers.demo.broker import PrivateBroker, consume, declare_queue
     with PrivateBroker() as broker:
         declare_queue(broker, "sipmsg")
         status = run(broker.socket("sipmsg"), args.count)

@@ -2,7 +2,9 @@
 
 Private: :mod:`opsevent.payload` (the guide's line format and the public
 ``encode_event``/``decode_event``), :mod:`opsevent.jsonrpc` and
-:mod:`opsevent.opensips` build on it, so none of them imports another.
+:mod:`opsevent.opensips` build on it, so neither body format imports another
+and no public module imports another's private names. The names below are
+public within the package (``__all__``), not part of opsevent's API.
 """
 
 import re
@@ -11,12 +13,16 @@ from collections.abc import Iterable, Mapping
 
 from .errors import EventSyntaxError, EventValueTypeError, PayloadDecodeError
 
+__all__ = ["MAX_BODY_SIZE", "SPECIAL", "NAME_HINT", "check_event_name", "param_items", "as_pair",
+           "describe_param", "check_name_given", "int_text", "value_text", "value_type_error",
+           "encodable", "fail_at"]
+
 MAX_BODY_SIZE = 16384
 
 # Characters that force quotes in a guide-format value and are never allowed
 # in an event name, whatever the format.
-_SPECIAL = re.compile(r'[,"\n\r]')
-_NAME_HINT = 'names cannot contain "," \'"\' CR or LF'
+SPECIAL = re.compile(r'[,"\n\r]')
+NAME_HINT = 'names cannot contain "," \'"\' CR or LF'
 
 
 def check_event_name(name: str) -> str:
@@ -26,11 +32,11 @@ def check_event_name(name: str) -> str:
             f"event name must be a str, not {type(name).__name__}")
     if not name:
         raise EventSyntaxError("event name is empty")
-    bad = _SPECIAL.search(name)
+    bad = SPECIAL.search(name)
     if bad:
         raise EventSyntaxError(
             f"event name {name!r} has {bad.group()!r} at position "
-            f"{bad.start()}; {_NAME_HINT}")
+            f"{bad.start()}; {NAME_HINT}")
     try:
         name.encode("utf-8")
     except UnicodeEncodeError as err:
@@ -40,7 +46,7 @@ def check_event_name(name: str) -> str:
     return name
 
 
-def _items(name: str, params) -> Iterable:
+def param_items(name: str, params) -> Iterable:
     if isinstance(params, Mapping):
         return params.items()
     if params is None:
@@ -53,7 +59,7 @@ def _items(name: str, params) -> Iterable:
     return params
 
 
-def _as_pair(name: str, index: int, pair) -> tuple:
+def as_pair(name: str, index: int, pair) -> tuple:
     # A str of length 2 would unpack into two characters: refuse it.
     if isinstance(pair, (list, tuple)) and len(pair) == 2:
         return tuple(pair)
@@ -62,13 +68,13 @@ def _as_pair(name: str, index: int, pair) -> tuple:
         f"pair but a {type(pair).__name__}")
 
 
-def _where(name: str, index: int, key) -> str:
+def describe_param(name: str, index: int, key) -> str:
     if key is None:
         return f"unnamed parameter at index {index} of event {name!r}"
     return f"parameter {key!r} of event {name!r}"
 
 
-def _check_name_given(name: str, index: int, key) -> str:
+def check_name_given(name: str, index: int, key) -> str:
     """What every format asks of a parameter name: a non-empty str. Returns where it is."""
     where = f"parameter name at index {index} of event {name!r}"
     if not isinstance(key, str):
@@ -79,40 +85,40 @@ def _check_name_given(name: str, index: int, key) -> str:
     return where
 
 
-def _int_text(name: str, index: int, key, value: int) -> str:
+def int_text(name: str, index: int, key, value: int) -> str:
     """The decimal text of an int; refused (not a bare ValueError) past Python's digit limit."""
     try:
         return int.__repr__(value)
     except ValueError:  # over sys.get_int_max_str_digits() digits (Python >= 3.11)
         raise EventSyntaxError(
-            f"{_where(name, index, key)} is an int of more than {sys.get_int_max_str_digits()} "
+            f"{describe_param(name, index, key)} is an int of more than {sys.get_int_max_str_digits()} "
             f"digits; send it as a str") from None
 
 
-def _value_text(name: str, index: int, key, value) -> str:
+def value_text(name: str, index: int, key, value) -> str:
     """The text of a value that is not a plain str (None is empty, ints are decimal)."""
     if value is None:
         return ""
     # int.__repr__ and str.__str__ so subclasses (IntEnum...) give plain text.
     if isinstance(value, int) and not isinstance(value, bool):
-        return _int_text(name, index, key, value)
+        return int_text(name, index, key, value)
     if isinstance(value, str):
         return str.__str__(value)
-    _value_type_error(name, index, key, value)
+    value_type_error(name, index, key, value)
 
 
-def _value_type_error(name: str, index: int, key, value):
+def value_type_error(name: str, index: int, key, value):
     """Raise the error for a value that is not str, int or None."""
     if isinstance(value, bool):
         raise EventValueTypeError(
-            f"{_where(name, index, key)} is a bool, which is ambiguous; pass "
+            f"{describe_param(name, index, key)} is a bool, which is ambiguous; pass "
             f"an int (1/0) or a str ('true'/'false')")
     raise EventValueTypeError(
-        f"{_where(name, index, key)} is a {type(value).__name__}; values must "
+        f"{describe_param(name, index, key)} is a {type(value).__name__}; values must "
         f"be str, int or None")
 
 
-def _encodable(text: str) -> bool:
+def encodable(text: str) -> bool:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -120,7 +126,7 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def _fail(text: str, pos: int, problem: str):
+def fail_at(text: str, pos: int, problem: str):
     """Raise PayloadDecodeError for the body *text* (decoded) at character *pos*."""
     # surrogateescape: a body that was not UTF-8 still counts its own bytes.
     offset = len(text[:pos].encode("utf-8", "surrogateescape"))

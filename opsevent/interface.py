@@ -22,11 +22,12 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from .errors import ConfigError, EventSyntaxError, EventTooLargeError, OpseventError
 from .messageid import check_message_id, new_message_id
-from .payload import FORMATS, Params, _items, check_event_name, encode_event
+from ._body import param_items
+from .payload import FORMATS, Params, check_event_name, encode_event
 from .sockets import RabbitMQSocket, parse_socket
 from .subscriptions import Subscriptions
 from .tlsdomain import TLSDomain, check_tls_domains, find_tls_domain
@@ -174,7 +175,7 @@ class Settings:
         Connect first to a randomly chosen host of a socket's list rather
         than the first, so that the workers of many servers spread over a
         cluster's nodes; the host chosen is then the one fail-back returns
-        to (see the README, "Running on a RabbitMQ cluster").
+        to (see docs/cluster.md, "Running on a RabbitMQ cluster").
     """
 
     heartbeat: int = 0
@@ -308,8 +309,18 @@ def _check_seconds(settings: Settings, name: str, positive: bool) -> None:
     object.__setattr__(settings, name, float(value))
 
 
+@runtime_checkable
 class Transport(Protocol):
-    """What carries event bodies to RabbitMQ (implemented by ``workers``)."""
+    """What carries event bodies to RabbitMQ (implemented by ``workers``).
+
+    The EventInterface calls ``submit`` for every raise that has
+    subscribers, ``asubmit`` for a sync-mode ``araise_event``, and ``note``
+    for raises it refused itself; the process holding the interface calls
+    ``flush`` and ``at_exit``. Only ``submit`` must be written: a class that
+    subclasses ``Transport`` gets the others as defined here (``asubmit``
+    calls ``submit``; ``note``, ``flush`` and ``at_exit`` do nothing).
+    ``EventInterface.attach`` refuses an object that has not all five.
+    """
 
     def submit(self, event: str, sockets: tuple[RabbitMQSocket, ...], body: bytes,
                sync: bool, timeout: float, message_id: str) -> Sequence[tuple[Status, str]]:
@@ -318,14 +329,30 @@ class Transport(Protocol):
         Async (``sync`` false): return QUEUED or QUEUE_FULL at once. Sync:
         wait at most *timeout* seconds for the worker's answer. Every
         message carries *message_id* (1..255 UTF-8 bytes, checked).
-
-        A transport may also have ``note(event, sockets, status)``: it is
-        told of raises refused before they reach it (TOO_LARGE), so that it
-        can count them with its own; and ``async asubmit(...)``, ``submit``
-        for coroutines (``EventInterface.araise_event``), which must not
-        block the event loop while it waits.
         """
-        ...
+        raise NotImplementedError
+
+    async def asubmit(self, event: str, sockets: tuple[RabbitMQSocket, ...], body: bytes,
+                      sync: bool, timeout: float, message_id: str) -> Sequence[tuple[Status, str]]:
+        """``submit`` for coroutines (``EventInterface.araise_event``).
+
+        It must not block the event loop while it waits for a sync answer;
+        this default calls ``submit``, which is right only for a transport
+        that never waits.
+        """
+        return self.submit(event, sockets, body, sync, timeout, message_id)
+
+    def note(self, event: str, sockets: tuple[RabbitMQSocket, ...], status: Status) -> None:
+        """Be told of a raise refused before it reached the transport (TOO_LARGE),
+        so that it can be counted with the transport's own."""
+
+    def flush(self, timeout: float) -> int:
+        """Hand over what this process still buffers, waiting at most *timeout*
+        seconds without progress; return how many jobs are left."""
+        return 0
+
+    def at_exit(self) -> None:
+        """This process is ending: hand over what it still buffers, without waiting."""
 
 
 class EventInterface:
@@ -358,9 +385,10 @@ class EventInterface:
 
     def attach(self, transport: Transport) -> None:
         """Send raised events through *transport* (replacing any other)."""
-        if not callable(getattr(transport, "submit", None)):
-            raise TypeError(f"a transport needs a submit() method; "
-                            f"{type(transport).__name__} has none")
+        if not isinstance(transport, Transport):
+            raise TypeError(f"{type(transport).__name__} is not a Transport: a transport has "
+                            f"submit, asubmit, note, flush and at_exit (subclass "
+                            f"opsevent.Transport to get all but submit)")
         self._transport = transport
 
     def detach(self) -> Transport | None:
@@ -472,8 +500,7 @@ class EventInterface:
         may still be published.
         """
         transport = self._transport
-        asubmit = getattr(transport, "asubmit", None)
-        if not self.settings.sync_mode or asubmit is None:
+        if not self.settings.sync_mode or transport is None:
             return self.raise_event(event, params, attrs=attrs, vals=vals, message_id=message_id)
         if attrs is not None or vals is not None:
             params = _zip_attrs(params, attrs, vals)
@@ -493,7 +520,8 @@ class EventInterface:
         try:
             while True:
                 group, body = steps.send(statuses)
-                statuses = await asubmit(event, group, body, True, self.settings.sync_timeout, message_id)
+                statuses = await transport.asubmit(event, group, body, True, self.settings.sync_timeout,
+                                                   message_id)
         except StopIteration as done:
             return done.value
 
@@ -522,7 +550,7 @@ class EventInterface:
         """
         settings = self.settings
         if type(params) not in (dict, list, tuple):
-            params = list(_items(event, params))  # an iterator reads only once
+            params = list(param_items(event, params))  # an iterator reads only once
         groups: dict[str, list[int]] = {}  # format -> its subscribers' indexes
         for index, socket in enumerate(sockets):
             groups.setdefault(socket.format or settings.format, []).append(index)
@@ -580,10 +608,9 @@ def _zip_attrs(params, attrs, vals) -> list:
     return list(zip(attrs, vals))
 
 
-def _note(transport, event: str, sockets, status: Status) -> None:
-    note = getattr(transport, "note", None)
-    if note is not None:
-        note(event, sockets, status)
+def _note(transport: Transport | None, event: str, sockets, status: Status) -> None:
+    if transport is not None:
+        transport.note(event, sockets, status)
 
 
 def _wrong_count(transport: Transport, statuses, sockets) -> None:

@@ -53,15 +53,15 @@ from .errors import EventSyntaxError, EventTooLargeError
 from . import _body
 from ._body import (
     MAX_BODY_SIZE,
-    _as_pair,
-    _check_name_given,
-    _encodable,
-    _fail,
-    _int_text,
-    _items,
-    _value_type_error,
-    _where,
+    as_pair,
     check_event_name,
+    check_name_given,
+    describe_param,
+    encodable,
+    fail_at,
+    int_text,
+    param_items,
+    value_type_error,
 )
 
 __all__ = ["encode_jsonrpc", "decode_jsonrpc", "JSONRPC_VERSION"]
@@ -71,7 +71,7 @@ JSONRPC_VERSION = "2.0"
 # Bound by assignment, not by import: CPython 3.11 compiles a method call on
 # an imported name as an attribute load (modules are the usual case), which
 # cost encode_event about 70 ns per search. Keep it this way.
-_SPECIAL = _body._SPECIAL
+_SPECIAL = _body.SPECIAL
 _HEAD = '{"jsonrpc":"2.0","method":'
 _WHITESPACE = " \t\n\r"
 
@@ -93,16 +93,16 @@ def encode_jsonrpc(name: str, params=()) -> bytes:
     if unique:
         params = params.items()
     elif type(params) is not list and type(params) is not tuple:
-        params = _items(name, params)
+        params = param_items(name, params)
     named = None
     keys = []
     parts = []
     for index, pair in enumerate(params):
         if type(pair) is not tuple or len(pair) != 2:
-            pair = _as_pair(name, index, pair)
+            pair = as_pair(name, index, pair)
         key, value = pair
         if key is not None and (type(key) is not str or not key):
-            _check_name_given(name, index, key)
+            check_name_given(name, index, key)
         if type(value) is str:
             value = _quote(value)
         elif value is None:
@@ -139,10 +139,10 @@ def _json_number(name: str, index: int, key, value) -> str:
     """The JSON text of a value that is not a str or None (or raise)."""
     # int.__repr__ so subclasses (IntEnum...) give the plain number.
     if isinstance(value, int) and not isinstance(value, bool):
-        return _int_text(name, index, key, value)
+        return int_text(name, index, key, value)
     if isinstance(value, str):
         return _quote(str.__str__(value))
-    _value_type_error(name, index, key, value)
+    value_type_error(name, index, key, value)
 
 
 def _refuse_mix(name: str, index: int, key) -> None:
@@ -168,11 +168,11 @@ def _refuse_duplicate(name: str, keys: list) -> None:
 def _explain_unencodable(name: str, keys: list, parts: list):
     check_event_name(name)  # names the event's own surrogate, if it has one
     for index, part in enumerate(parts):
-        if not _encodable(part):
+        if not encodable(part):
             key = keys[index] if keys else None
-            what = "name" if key is not None and not _encodable(key) else "value"
+            what = "name" if key is not None and not encodable(key) else "value"
             raise EventSyntaxError(
-                f"{_where(name, index, key)} has a lone surrogate in its "
+                f"{describe_param(name, index, key)} has a lone surrogate in its "
                 f"{what}; it cannot be sent as UTF-8")
     raise AssertionError("unreachable: the JSON body did not encode")
 
@@ -205,7 +205,7 @@ def decode_jsonrpc(text: str, raw: bool = False
     if text.startswith("[", params_pos):
         return name, [(None, _value(text, value, value_pos, raw))
                       for value, value_pos in _elements(text, params_pos)]
-    _fail(text, params_pos, f'"params" must be an object or an array, not '
+    fail_at(text, params_pos, f'"params" must be an object or an array, not '
                             f"{_shown(params)}")
 
 
@@ -213,29 +213,29 @@ def _envelope(text: str) -> dict:
     """The top-level members, key -> (value, position), checked for the JSON-RPC shape."""
     pos = _skip(text, 0)
     if not text.startswith("{", pos):
-        _fail(text, pos, "a JSON-RPC body must be a JSON object")
+        fail_at(text, pos, "a JSON-RPC body must be a JSON object")
     members, end = _members(text, pos)
     end = _skip(text, end)
     if end != len(text):
-        _fail(text, end, "unexpected data after the JSON object")
+        fail_at(text, end, "unexpected data after the JSON object")
     found = {}
     for key, key_pos, value, value_pos in members:
         if key in found:
-            _fail(text, key_pos, f"the key {key!r} is given twice")
+            fail_at(text, key_pos, f"the key {key!r} is given twice")
         if key not in ("jsonrpc", "method", "params", "id"):
-            _fail(text, key_pos, f"unexpected key {key!r}; a JSON-RPC "
+            fail_at(text, key_pos, f"unexpected key {key!r}; a JSON-RPC "
                                  "notification has jsonrpc, method and params")
         found[key] = (value, value_pos)
     for key in ("jsonrpc", "method"):
         if key not in found:
-            _fail(text, pos, f"the JSON-RPC body has no {key!r} key")
+            fail_at(text, pos, f"the JSON-RPC body has no {key!r} key")
     version, version_pos = found["jsonrpc"]
     if version != JSONRPC_VERSION:
-        _fail(text, version_pos, f'"jsonrpc" must be "2.0", not '
+        fail_at(text, version_pos, f'"jsonrpc" must be "2.0", not '
                                  f"{_shown(version)}")
     # OpenSIPS 3.1.0 writes "id":null; 3.1.1 and later leave it out.
     if "id" in found and found["id"][0] is not None:
-        _fail(text, found["id"][1], '"id" must be null or absent: an event is '
+        fail_at(text, found["id"][1], '"id" must be null or absent: an event is '
                                     "a notification, not a request")
     return found
 
@@ -243,13 +243,13 @@ def _envelope(text: str) -> dict:
 def _method(text: str, found: dict, raw: bool) -> str:
     name, name_pos = found["method"]
     if type(name) is not str:
-        _fail(text, name_pos, f'"method" must be a string, not '
+        fail_at(text, name_pos, f'"method" must be a string, not '
                               f"{_shown(name)}")
     try:
         check_event_name(name)
     except EventSyntaxError as err:
         if not (raw and name and not _SPECIAL.search(name)):
-            _fail(text, name_pos, f'"method" is not an event name: {err}')
+            fail_at(text, name_pos, f'"method" is not an event name: {err}')
     return name
 
 
@@ -259,11 +259,11 @@ def _named(text: str, pos: int, raw: bool) -> list:
     result = []
     for key, key_pos, value, value_pos in pairs:
         if not key:
-            _fail(text, key_pos, "a parameter name is empty")
+            fail_at(text, key_pos, "a parameter name is empty")
         if key in seen:
-            _fail(text, key_pos, f"the parameter {key!r} is given twice")
-        if not raw and not _encodable(key):
-            _fail(text, key_pos, "a parameter name has a lone surrogate")
+            fail_at(text, key_pos, f"the parameter {key!r} is given twice")
+        if not raw and not encodable(key):
+            fail_at(text, key_pos, "a parameter name has a lone surrogate")
         seen.add(key)
         result.append((key, _value(text, value, value_pos, raw)))
     return result
@@ -273,10 +273,10 @@ def _value(text: str, value, pos: int, raw: bool):
     if value is None or type(value) is int:
         return value
     if type(value) is str:
-        if not raw and not _encodable(value):
-            _fail(text, pos, "a value has a lone surrogate")
+        if not raw and not encodable(value):
+            fail_at(text, pos, "a value has a lone surrogate")
         return value
-    _fail(text, pos, f"a value must be a string, an integer or null, not "
+    fail_at(text, pos, f"a value must be a string, an integer or null, not "
                      f"{_shown(value)}")
 
 
@@ -307,9 +307,9 @@ def _scan(text: str, pos: int):
     try:
         return _DECODER.raw_decode(text, pos)
     except JSONDecodeError as err:
-        _fail(text, err.pos, f"bad JSON: {err.msg}")
+        fail_at(text, err.pos, f"bad JSON: {err.msg}")
     except ValueError as err:  # an integer too long to convert
-        _fail(text, pos, f"bad JSON: {err}")
+        fail_at(text, pos, f"bad JSON: {err}")
 
 
 def _members(text: str, pos: int) -> tuple[list, int]:
@@ -320,15 +320,15 @@ def _members(text: str, pos: int) -> tuple[list, int]:
         return members, pos + 1
     while True:
         if not text.startswith('"', pos):
-            _fail(text, pos, "bad JSON: expecting a key in double quotes")
+            fail_at(text, pos, "bad JSON: expecting a key in double quotes")
         key_pos = pos
         try:
             key, pos = scanstring(text, pos + 1, True)
         except JSONDecodeError as err:
-            _fail(text, err.pos, f"bad JSON: {err.msg}")
+            fail_at(text, err.pos, f"bad JSON: {err.msg}")
         pos = _skip(text, pos)
         if not text.startswith(":", pos):
-            _fail(text, pos, "bad JSON: expecting ':' after a key")
+            fail_at(text, pos, "bad JSON: expecting ':' after a key")
         value_pos = _skip(text, pos + 1)
         value, pos = _scan(text, value_pos)
         members.append((key, key_pos, value, value_pos))
@@ -336,7 +336,7 @@ def _members(text: str, pos: int) -> tuple[list, int]:
         if text.startswith("}", pos):
             return members, pos + 1
         if not text.startswith(",", pos):
-            _fail(text, pos, "bad JSON: expecting ',' or '}' in an object")
+            fail_at(text, pos, "bad JSON: expecting ',' or '}' in an object")
         pos = _skip(text, pos + 1)
 
 
@@ -354,5 +354,5 @@ def _elements(text: str, pos: int) -> list:
         if text.startswith("]", pos):
             return elements
         if not text.startswith(",", pos):
-            _fail(text, pos, "bad JSON: expecting ',' or ']' in an array")
+            fail_at(text, pos, "bad JSON: expecting ',' or ']' in an array")
         pos = _skip(text, pos + 1)

@@ -63,14 +63,14 @@ import re
 from . import _body
 from ._body import (
     MAX_BODY_SIZE,
-    _as_pair,
-    _check_name_given,
-    _encodable,
-    _fail,
-    _items,
-    _value_text,
-    _where,
+    as_pair,
     check_event_name,
+    check_name_given,
+    describe_param,
+    encodable,
+    fail_at,
+    param_items,
+    value_text,
 )
 from .errors import EventSyntaxError, EventTooLargeError
 
@@ -79,7 +79,7 @@ __all__ = ["encode_opensips", "decode_opensips"]
 # Bound by assignment, not by import: CPython 3.11 compiles a method call on
 # an imported name as an attribute load (modules are the usual case), which
 # cost encode_event about 70 ns per search. Keep it this way.
-_SPECIAL = _body._SPECIAL
+_SPECIAL = _body.SPECIAL
 # A quoted value: inside, a backslash escapes only a quote; possessive so a
 # long unterminated one fails in linear time.
 _QUOTED = re.compile(r'"((?:[^"\\]++|\\"?+)*+)"')
@@ -103,16 +103,16 @@ def encode_opensips(name: str, params=()) -> bytes:
     if type(params) is dict:
         params = params.items()
     elif type(params) is not list and type(params) is not tuple:
-        params = _items(name, params)
+        params = param_items(name, params)
     for index, pair in enumerate(params):
         if type(pair) is not tuple or len(pair) != 2:
-            pair = _as_pair(name, index, pair)
+            pair = as_pair(name, index, pair)
         key, value = pair
         if key is not None and (type(key) is not str or not key or key[0] == '"'
                                 or _BAD_NAME.search(key)):
             _check_param_name(name, index, key)
         if type(value) is not str:
-            value = _value_text(name, index, key, value)
+            value = value_text(name, index, key, value)
         text = _value_written(name, index, key, value)
         doubtful = doubtful or (text is value and value[:1] == '"')
         pairs.append((key, value))
@@ -127,17 +127,17 @@ def _value_written(name: str, index: int, key, value: str) -> str:
     """*value* as OpenSIPS writes it (the same object when it is written raw)."""
     if "\0" in value:
         raise EventSyntaxError(
-            f"{_where(name, index, key)} has a NUL at position {value.index(chr(0))}; "
+            f"{describe_param(name, index, key)} has a NUL at position {value.index(chr(0))}; "
             f"OpenSIPS 1.8-3.0 end the body there, losing the rest of the event")
     if "\n" not in value:
         if key is None and value.find("::") > 0:
             raise EventSyntaxError(
-                f"{_where(name, index, key)} has '::' after its start, so it "
+                f"{describe_param(name, index, key)} has '::' after its start, so it "
                 f"would read back as 'name::value'; name it, or use another format")
         return value
     if value.endswith("\\"):
         raise EventSyntaxError(
-            f"{_where(name, index, key)} has a newline and ends with a backslash: "
+            f"{describe_param(name, index, key)} has a newline and ends with a backslash: "
             f"OpenSIPS's quoting cannot say that (the closing quote would read as "
             f"an escaped one)")
     return '"' + value.replace('"', '\\"') + '"'
@@ -152,7 +152,7 @@ def _check_name(name) -> None:
 
 
 def _check_param_name(name: str, index: int, key) -> None:
-    where = _check_name_given(name, index, key)
+    where = check_name_given(name, index, key)
     if key[0] == '"':
         problem = "starts with '\"', which would read back as a quoted value"
     else:
@@ -169,10 +169,10 @@ def _join(parts: list[str], name: str, pairs: list) -> bytes:
         body = "\n".join(parts).encode("utf-8")
     except UnicodeEncodeError:
         for index, (key, value) in enumerate(pairs):
-            if not _encodable(key or "") or not _encodable(value):
-                what = "name" if not _encodable(key or "") else "value"
+            if not encodable(key or "") or not encodable(value):
+                what = "name" if not encodable(key or "") else "value"
                 raise EventSyntaxError(
-                    f"{_where(name, index, key)} has a lone surrogate in its "
+                    f"{describe_param(name, index, key)} has a lone surrogate in its "
                     f"{what}; it cannot be sent as UTF-8") from None
         raise AssertionError("unreachable: the joined parts did not encode")
     if len(body) > MAX_BODY_SIZE:
@@ -186,7 +186,7 @@ def _check_reads_back(body: bytes, name: str, pairs: list) -> None:
     for index, (key, value) in enumerate(pairs):
         if index >= len(got) or got[index] != (key, value):
             raise EventSyntaxError(
-                f"{_where(name, index, key)} starts with '\"' and, with the "
+                f"{describe_param(name, index, key)} starts with '\"' and, with the "
                 f"parameters after it, would read back as one quoted value "
                 f"(OpenSIPS quotes only values with a newline, so no reader "
                 f"can tell); use another format")
@@ -205,7 +205,7 @@ def decode_opensips(text: str) -> tuple[str, list[tuple[str | None, str]]]:
     end = text.find("\n")
     name = text if end < 0 else text[:end]
     if not name:
-        _fail(text, 0, "the event name is empty")
+        fail_at(text, 0, "the event name is empty")
     if end < 0:
         return name, []
     params = []

@@ -88,15 +88,15 @@ from collections.abc import Iterable, Mapping
 from . import _body
 from ._body import (
     MAX_BODY_SIZE,
-    _as_pair,
-    _check_name_given,
-    _encodable,
-    _fail,
-    _items,
-    _NAME_HINT,
-    _value_text,
-    _where,
+    NAME_HINT,
+    as_pair,
     check_event_name,
+    check_name_given,
+    describe_param,
+    encodable,
+    fail_at,
+    param_items,
+    value_text,
 )
 from .errors import (
     ConfigError,
@@ -109,7 +109,7 @@ from .jsonrpc import encode_jsonrpc as _encode_jsonrpc
 from .opensips import decode_opensips as _decode_opensips
 from .opensips import encode_opensips as _encode_opensips
 
-__all__ = ["MAX_BODY_SIZE", "FORMATS", "encode_event", "decode_event",
+__all__ = ["MAX_BODY_SIZE", "FORMATS", "Params", "encode_event", "decode_event",
            "detect_format", "check_event_name"]
 
 # The body formats: the guide's line format (the default), JSON-RPC, and
@@ -122,7 +122,7 @@ Params = Mapping[str | None, Value] | Iterable[tuple[str | None, Value]]
 # Bound by assignment, not by import: CPython 3.11 compiles a method call on
 # an imported name as an attribute load (modules are the usual case), which
 # cost encode_event about 70 ns per search. Keep it this way.
-_SPECIAL = _body._SPECIAL
+_SPECIAL = _body.SPECIAL
 # Everything that makes a parameter name unreadable, as one search.
 _BAD_PARAM_NAME = re.compile(r'[,"\n\r]|::|:\Z')
 # A quoted value; possessive so a long unterminated one fails in linear time.
@@ -161,17 +161,17 @@ def encode_event(name: str, params: Params = (), format: str = "lines") -> bytes
     if type(params) is dict:
         params = params.items()
     elif type(params) is not list and type(params) is not tuple:
-        params = _items(name, params)
+        params = param_items(name, params)
     for index, pair in enumerate(params):
         if type(pair) is not tuple or len(pair) != 2:
-            pair = _as_pair(name, index, pair)
+            pair = as_pair(name, index, pair)
         key, value = pair
         if key is not None and (type(key) is not str or key not in _GOOD_KEYS):
             if type(key) is not str or not key or _BAD_PARAM_NAME.search(key):
                 _check_param_name(name, index, key)
             _remember(_GOOD_KEYS, key)
         if type(value) is not str:
-            value = _value_text(name, index, key, value)
+            value = value_text(name, index, key, value)
         if _SPECIAL.search(value) or (key is None and "::" in value):
             value = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
         parts.append(value if key is None else f"{key}::{value}")
@@ -201,7 +201,7 @@ def _remember(good: set, name: str) -> None:
 
 
 def _check_param_name(name: str, index: int, key) -> None:
-    where = _check_name_given(name, index, key)
+    where = check_name_given(name, index, key)
     bad = _BAD_PARAM_NAME.search(key)
     if not bad:
         return
@@ -210,7 +210,7 @@ def _check_param_name(name: str, index: int, key) -> None:
     elif bad.group() == ":":
         problem = "ends with ':', which would read back as part of the value"
     else:
-        problem = f"has {bad.group()!r} at position {bad.start()}; {_NAME_HINT}"
+        problem = f"has {bad.group()!r} at position {bad.start()}; {NAME_HINT}"
     raise EventSyntaxError(f"{where}, {key!r}, {problem}")
 
 
@@ -231,10 +231,10 @@ def _explain_unencodable(parts: list[str]):
             if not part.startswith('"') and "::" in part:
                 key = part.partition("::")[0]
             what = "value"
-            if key is not None and not _encodable(key):
+            if key is not None and not encodable(key):
                 what = "name"
             raise EventSyntaxError(
-                f"{_where(name, index, key)} has a lone surrogate in its {what}; "
+                f"{describe_param(name, index, key)} has a lone surrogate in its {what}; "
                 f"it cannot be sent as UTF-8") from None
     raise AssertionError("unreachable: the joined parts did not encode")
 
@@ -291,10 +291,10 @@ def _decode_lines(text: str) -> tuple[str, list[tuple[str | None, str]]]:
     """Read a guide-format body (module docstring), already decoded."""
     end = text.find("\n")
     if end < 0:
-        _fail(text, len(text), "the event name is not followed by a newline")
+        fail_at(text, len(text), "the event name is not followed by a newline")
     name = text[:end]
     if not name:
-        _fail(text, 0, "the event name is empty")
+        fail_at(text, 0, "the event name is empty")
     _check_plain(text, 0, name, "the event name", "is not allowed in names")
     params = []
     pos = end + 1
@@ -315,7 +315,7 @@ def _read_name(text: str, pos: int) -> tuple[str | None, int]:
     if sep < 0:
         return None, pos
     if sep == pos:
-        _fail(text, pos, "a parameter name is empty before '::'")
+        fail_at(text, pos, "a parameter name is empty before '::'")
     key = text[pos:sep]
     _check_plain(text, pos, key, "a parameter name", "is not allowed in names")
     return key, sep + 2
@@ -326,7 +326,7 @@ def _read_value(text: str, pos: int) -> tuple[str, int]:
     if not text.startswith('"', pos):
         eol = text.find("\n", pos)
         if eol < 0:
-            _fail(text, len(text), "the last parameter is not followed by a newline")
+            fail_at(text, len(text), "the last parameter is not followed by a newline")
         value = text[pos:eol]
         _check_plain(text, pos, value, "an unquoted value", "must be quoted")
         return value, eol + 1
@@ -334,14 +334,14 @@ def _read_value(text: str, pos: int) -> tuple[str, int]:
     if not quoted:
         stop = _QUOTED_PREFIX.match(text, pos).end()
         if stop == len(text):
-            _fail(text, pos, "a quoted value has no closing quote")
-        _fail(text, stop, f"bad escape {text[stop:stop + 2]!r} in a quoted "
+            fail_at(text, pos, "a quoted value has no closing quote")
+        fail_at(text, stop, f"bad escape {text[stop:stop + 2]!r} in a quoted "
                           'value; only \\" and \\\\ are allowed')
     end = quoted.end()
     if end == len(text):
-        _fail(text, end, "the last parameter is not followed by a newline")
+        fail_at(text, end, "the last parameter is not followed by a newline")
     if text[end] != "\n":
-        _fail(text, end, f"unexpected {text[end]!r} after a closing quote")
+        fail_at(text, end, f"unexpected {text[end]!r} after a closing quote")
     value = quoted.group(1)
     if "\\" in value:
         value = _UNESCAPE.sub(r"\1", value)
@@ -351,4 +351,4 @@ def _read_value(text: str, pos: int) -> tuple[str, int]:
 def _check_plain(text: str, pos: int, part: str, what: str, rule: str) -> None:
     bad = _SPECIAL.search(part)
     if bad:
-        _fail(text, pos + bad.start(), f"{what} has {bad.group()!r}, which {rule}")
+        fail_at(text, pos + bad.start(), f"{what} has {bad.group()!r}, which {rule}")

@@ -96,7 +96,7 @@ is not a flag is an exchange name (3.2 reads it as parameters, which breaks
 the guide's ``exchange?key``); ``tls_domain=NAME`` names one of the
 EventInterface's ``tls_domains`` (3.2 names a tls_mgm domain), and a bare
 ``tls`` uses its ``tls_*`` files; ``vhost=``, ``format=`` and failover hosts
-are ours. The README's "Where this library differs from OpenSIPS" table
+are ours. docs/differences.md, "Where this library differs from OpenSIPS",
 lists every difference, version by version.
 """
 

@@ -12,10 +12,10 @@ test broker), configured here so that it
   - ignores /etc/rabbitmq and loads no plugins.
 
 Tests use the ``broker`` fixture: the same control interface as
-workers.broker.PrivateBroker (``socket()``, ``ctl()``, ``beam_pid()``,
+workers.demo.broker.PrivateBroker (``socket()``, ``ctl()``, ``beam_pid()``,
 ``freeze()``/``thaw()``, ``stop_app()``/``start_app()``,
 ``connection_count()``, ``set_memory_alarm()``), wrapped around the
-pytest-rabbitmq node by workers.broker.RunningBroker.  pytest-rabbitmq
+pytest-rabbitmq node by workers.demo.broker.RunningBroker.  pytest-rabbitmq
 starts and stops the node (mirakuru: SIGTERM to the node's process group,
 then SIGKILL), so no beam.smp outlives the session.  Tests that need a broker
 of their own (to kill it, say) start a PrivateBroker.
@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 from pytest_rabbitmq import factories
 
-from workers.broker import (
+from workers.demo.broker import (
     LOOPBACK,
     LOOPBACK_DIST_ARGS,
     RABBITMQ_SERVER,

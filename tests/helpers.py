@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from workers.demo import procstat
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -89,9 +91,7 @@ def started_at(pid: int) -> float:
     start less the death: what the test's own polling and scheduling add
     afterwards is not in it.
     """
-    with open(f"/proc/{pid}/stat") as f:
-        ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return procstat.started_at(pid)
 
 
 # A broker user with a real password, for every test that shows sockets, stats, logs or

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from helpers import ROOT
-from workers.broker import consume, free_port, queue_count
+from workers.demo.broker import consume, free_port, queue_count
 
 APPS = ROOT / "tests" / "apps"
 

@@ -3,7 +3,7 @@
 import pytest
 from pika import frame, spec
 
-from workers.amqp import MessageProperties, Publisher, method_frame
+from workers.rabbitmq.amqp import MessageProperties, Publisher, method_frame
 
 
 def pika_frames(channel, exchange, routing_key, body, props, body_max):

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 import opsevent
 from opsevent import EventInterface, EventSyntaxError, OpseventError, RaiseResult, Status, decode_event, encode_event
 
-FORMATS = ("lines", "json", "opensips")  # the README's body formats: each one fuzzed, none skipped
+FORMATS = ("lines", "json", "opensips")  # docs/guide.md's body formats: each one fuzzed, none skipped
 EVENT = "E_FUZZ"
 SOCKET = "rabbitmq:127.0.0.1/fuzz"
 CALL_BOUND = 1.0  # seconds any one raise may take: no hang, no quadratic blow-up
@@ -34,7 +34,7 @@ FUZZ = settings(max_examples=400, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-class RecordingTransport:
+class RecordingTransport(opsevent.Transport):
     def __init__(self):
         self.calls = []
 
@@ -141,7 +141,7 @@ def expected_params(items, body_format="lines"):
 
 
 def good_event_name(name) -> bool:
-    """The README's rule for an event name, written out here (not the code under test's check):
+    """docs/guide.md's rule for an event name, written out here (not the code under test's check):
     a non-empty str without ',' '"' CR or LF, that UTF-8 can write (no lone surrogate)."""
     if not isinstance(name, str) or not name or any(c in name for c in ',"\r\n'):
         return False

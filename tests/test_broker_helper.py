@@ -1,4 +1,4 @@
-"""The private-broker helper (workers/broker.py) against real brokers."""
+"""The private-broker helper (workers/demo/broker.py) against real brokers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 import pika.exceptions
 import pytest
 
-from workers.broker import (
+from workers.demo.broker import (
     CONNECT_ERRORS,
     PrivateBroker,
     RunningBroker,

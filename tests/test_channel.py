@@ -8,9 +8,10 @@ import threading
 import time
 
 from opsevent import Status, parse_socket
-from workers.channel import JobSender, Replier, ReplyBox
-from workers import channel, job
-from workers.jobqueue import JobQueue
+from workers.channel import job, replies
+from workers.channel.jobqueue import JobQueue
+from workers.channel.replies import Replier, ReplyBox
+from workers.channel.sender import JobSender
 
 from helpers import ANOTHER_UID, as_another_user
 
@@ -153,7 +154,7 @@ def test_jobs_the_worker_reads_ahead_free_their_slots_so_a_dying_worker_takes_no
 def test_a_reply_forged_by_another_users_process_is_dropped_and_the_real_one_is_read():
     box, replier = ReplyBox(), Replier()
     box.expect(5)
-    dropped_before = channel._foreign
+    dropped_before = replies._foreign
 
     def forge():  # another user (nobody) sends the worker's answer first
         forger = Replier()
@@ -163,7 +164,7 @@ def test_a_reply_forged_by_another_users_process_is_dropped_and_the_real_one_is_
     assert as_another_user(forge) == (1, 0, ANOTHER_UID)  # really sent, from uid 65534
     reply(replier, box.address, 5, (("failed", "the real one"),))
     assert box.wait(5, time.monotonic() + 2) == (("failed", "the real one"),)
-    assert channel._foreign == dropped_before + 1  # the forged datagram arrived, and was dropped
+    assert replies._foreign == dropped_before + 1  # the forged datagram arrived, and was dropped
 
 
 def test_a_child_forked_while_another_thread_holds_the_senders_locks_still_raises():

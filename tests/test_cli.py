@@ -10,8 +10,8 @@ import pytest
 import opsevent
 import workers
 from opsevent import Status, decode_event
-from workers.broker import consume
-from workers.cli import UsageError, main, parse_expire, parse_param, render_stats, table
+from workers.control.cli import UsageError, main, parse_expire, parse_param, render_stats, table
+from workers.demo.broker import consume
 
 from helpers import SECRET, assert_no_secret, opsevent_cli, secret_socket, wait_for
 

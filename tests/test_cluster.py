@@ -1,7 +1,7 @@
 """A 3-node RabbitMQ cluster with a quorum queue: node failures under async and sync load.
 
 The module starts one ``PrivateCluster`` (three private nodes on 127.0.0.1,
-``workers/cluster.py``) and heals it after each test.  Each test declares a
+``workers/demo/cluster.py``) and heals it after each test.  Each test declares a
 quorum queue led by node 1, subscribes a socket listing the three nodes
 (node 1 first, ``failback=False``), and runs, at once: two front-end
 processes raising async events at a steady rate, and sync callers (threads)
@@ -28,8 +28,8 @@ import pytest
 import opsevent
 import workers
 from opsevent import Status
-from workers.broker import consume, queue_count
-from workers.cluster import PrivateCluster
+from workers.demo.broker import consume, queue_count
+from workers.demo.cluster import PrivateCluster
 from helpers import wait_for
 from test_faults import FORK, CallerClock, event_body, flush_jobs, link_stats, settled
 
@@ -249,7 +249,7 @@ def test_no_event_that_returned_success_is_missing_and_every_caller_is_bounded_w
 
 
 def print_figure(fault, outcome, received, confirmed, missing, recovery) -> None:
-    """One line of the README's table (run with -s to see it)."""
+    """One line of docs/cluster.md's table (run with -s to see it)."""
     statuses = collections.Counter(d.status.value for _b, d, *_ in outcome.sync)
     unknown = {body for body, d, *_ in outcome.sync if d.status is Status.TIMEOUT}
     not_taken = {body for body, d, *_ in outcome.sync if d.status in (Status.NACKED, Status.FAILED)}

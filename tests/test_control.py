@@ -20,10 +20,11 @@ import pytest
 import opsevent
 import workers
 from opsevent import decode_event
-from workers import control
-from workers.broker import consume, queue_count
-from workers.commands import Commands
-from workers.control import ControlError, ControlServer, request
+from workers.control import server as control
+from workers.control import ControlError, request
+from workers.control.commands import Commands
+from workers.control.server import ControlServer
+from workers.demo.broker import consume, queue_count
 
 from helpers import as_another_user, assert_no_secret, opsevent_cli, secret_socket, wait_for
 

@@ -1,6 +1,6 @@
-"""Every row of the README's "Where this library differs from OpenSIPS" table, proved.
+"""Every row of docs/differences.md's "Where this library differs from OpenSIPS" table, proved.
 
-The rows are read from the README; each has a check here, and each check a
+The rows are read from docs/differences.md; each has a check here, and each check a
 row. A check tests the behaviour itself against literal bytes or values;
 where only a broker or real processes can show it, it also names the test
 that does (and this file fails if that test is gone).
@@ -24,21 +24,22 @@ from opsevent import (
     MAX_BODY_SIZE,
     SocketSyntaxError,
     Status,
+    Transport,
     TLSDomain,
     decode_event,
     encode_event,
     parse_socket,
 )
 from opsevent.subscriptions import Subscriptions
-from workers import tls
-from workers.amqp import MessageProperties, Publisher
+from workers.rabbitmq import tls
+from workers.rabbitmq.amqp import MessageProperties, Publisher
 
 ROOT = Path(__file__).resolve().parent.parent
 FORMATS = ("lines", "json", "opensips")
 
 
-def readme_rows() -> list[str]:
-    text = (ROOT / "README.md").read_text()
+def table_rows() -> list[str]:
+    text = (ROOT / "docs" / "differences.md").read_text()
     table = text.split("<!-- differences:start -->")[1].split("<!-- differences:end -->")[0]
     return re.findall(r"^\| `([a-z0-9.-]+)` \|", table, re.MULTILINE)
 
@@ -58,7 +59,7 @@ def refused(text: str, message: str) -> None:
     assert message in str(caught.value)
 
 
-class Recorder:
+class Recorder(Transport):
     def __init__(self, statuses=None):
         self.bodies, self.statuses = [], statuses
 
@@ -335,12 +336,12 @@ def _key(row: str) -> str:
 CHECKS = {name: check for name, check in dict(globals()).items() if name.startswith("check_")}
 
 
-def test_every_row_of_the_readme_table_has_a_check_and_every_check_a_row():
-    rows = readme_rows()
+def test_every_row_of_the_table_has_a_check_and_every_check_a_row():
+    rows = table_rows()
     assert len(rows) == len(set(rows)), "a row is listed twice"
     assert sorted(map(_key, rows)) == sorted(CHECKS)
 
 
-@pytest.mark.parametrize("row", readme_rows())
-def test_the_readme_row_holds(row, tmp_path):
+@pytest.mark.parametrize("row", table_rows())
+def test_the_row_holds(row, tmp_path):
     CHECKS[_key(row)](tmp_path)

@@ -26,9 +26,9 @@ import opsevent
 import workers
 from helpers import ROOT, wait_for
 from opsevent import Status
-from workers.broker import consume, queue_count
-from workers.channel import Replier, ReplyBox
-from workers.service import AlreadyServed
+from workers.channel.replies import Replier, ReplyBox
+from workers.demo.broker import consume, queue_count
+from workers.processes.service import AlreadyServed
 
 pytestmark = pytest.mark.broker
 
@@ -219,7 +219,7 @@ def test_replies_to_a_full_reply_box_are_held_until_it_has_room_then_delivered_i
 
 def test_replies_nobody_can_receive_are_counted_and_logged_at_warning(caplog):
     box, replier = ReplyBox(), Replier()
-    with caplog.at_level(logging.WARNING, logger="workers.channel"):
+    with caplog.at_level(logging.WARNING, logger="workers.channel.replies"):
         for seq in range(1, 31):  # a box whose owner stopped reading
             replier.add(box.address, seq, (("confirmed", ""),), time.monotonic() + 0.2)
             replier.flush()

@@ -12,7 +12,7 @@ import pytest
 import opsevent
 import workers
 from opsevent import Status
-from workers.broker import consume, declare_queue, free_port, queue_count
+from workers.demo.broker import consume, declare_queue, free_port, queue_count
 
 from helpers import SECRET, SECRET_USER, assert_no_secret, secret_socket
 

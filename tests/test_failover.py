@@ -22,8 +22,8 @@ import pytest
 import opsevent
 import workers
 from opsevent import Status, parse_socket
-from workers.broker import PrivateBroker, _port_accepts, declare_queue
-from workers.link import BrokerLink
+from workers.demo.broker import PrivateBroker, declare_queue, port_accepts
+from workers.rabbitmq.link import BrokerLink
 from helpers import SECRET, SECRET_USER, add_secret_user, wait_for
 from tcpproxy import TcpProxy
 from test_faults import assert_ids_kept, drain_queue, event_body, link_stats, settled, worker_logs
@@ -45,7 +45,7 @@ def brokers(two_brokers):
     """The module's brokers, both running again after each test."""
     yield two_brokers
     for b in two_brokers:
-        if not _port_accepts(b.host, b.port):
+        if not port_accepts(b.host, b.port):
             b.start_app()
 
 
@@ -98,7 +98,7 @@ def test_events_go_to_the_next_host_while_the_primary_is_down_and_back_to_the_pr
                                   reconnect_min=0.1, reconnect_max=0.5)
     evi.subscribe_event("E_FAILOVER", sock)
 
-    link_log = logging.getLogger("workers.link")
+    link_log = logging.getLogger("workers.rabbitmq.link")
     level = link_log.level
     link_log.setLevel(logging.INFO)  # the fail-back line is good news: INFO; the worker inherits this at fork
     with worker_logs() as logs, contextlib.ExitStack() as restore:

@@ -27,15 +27,15 @@ import pytest
 import opsevent
 import workers
 from opsevent import Status, parse_socket
-from workers.broker import PrivateBroker, _port_accepts, consume, declare_queue, delete_queue, queue_count
-from workers.jobqueue import _bytes_in
+from workers.channel.jobqueue import _bytes_in
+from workers.demo.broker import PrivateBroker, consume, declare_queue, delete_queue, port_accepts, queue_count
+from workers.demo.procstat import cpu_seconds
 from tcpproxy import TcpProxy
 from helpers import add_secret_user, assert_no_secret, boottime, secret_socket, started_at, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
 
 FORK = multiprocessing.get_context("fork")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # ---- helpers -----------------------------------------------------------------------------------------
@@ -74,12 +74,6 @@ def assert_ids_kept(messages, ids: dict) -> None:
     """Every copy received (republished ones included) carries the message id its raise returned."""
     wrong = [(body, props.message_id, ids.get(body)) for body, props in messages if props.message_id != ids.get(body)]
     assert not wrong, f"{len(wrong)} of {len(messages)} copies with another message id, e.g. {wrong[:3]}"
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
 
 
 def alive(pid: int) -> bool:
@@ -198,7 +192,7 @@ def worker_logs():
 
 def event_body(event: str, rank: int, seq: int) -> bytes:
     """The body of ``raise_event(event, {"rank": rank, "seq": seq})``, written out here: the
-    guide's line format (README, "Event bodies"), not the encoder under test."""
+    guide's line format (docs/guide.md, "Event bodies"), not the encoder under test."""
     return b"%s\nrank::%d\nseq::%d\n" % (event.encode(), rank, seq)
 
 
@@ -228,8 +222,7 @@ def load_frontend(evi, event, rank, rate, seconds, results):
 
 def flush_jobs(evi, timeout: float = 5.0) -> int:
     """Wait until this process's accepted jobs are in the shared pipe (a transport with a feeder thread)."""
-    flush = getattr(evi.transport, "flush", None)
-    return flush(timeout) if flush is not None else 0
+    return evi.transport.flush(timeout)
 
 
 def run_frontends(evi, event, ranks, rate, seconds):
@@ -268,7 +261,7 @@ def fault_broker(own_broker):
     """The module's private broker; healthy again after each test, whatever the test did to it."""
     yield own_broker
     own_broker.thaw()  # SIGCONT: harmless when it runs
-    if not _port_accepts(own_broker.host, own_broker.port):
+    if not port_accepts(own_broker.host, own_broker.port):
         own_broker.start_app()
 
 

@@ -17,6 +17,7 @@ from opsevent import (
     RaiseResult,
     Settings,
     Status,
+    Transport,
     parse_socket,
 )
 from opsevent.messageid import new_message_id
@@ -26,7 +27,7 @@ QUEUE = "rabbitmq:127.0.0.1/queue"
 SIPMSG = "rabbitmq:127.0.0.1/sipmsg"
 
 
-class RecordingTransport:
+class RecordingTransport(Transport):
     """Records every submit and answers with fixed statuses (or QUEUED)."""
 
     def __init__(self, answers=None):
@@ -164,9 +165,27 @@ def test_detach_returns_the_transport_and_stops_sending():
     assert transport.calls == []
 
 
-def test_attaching_something_without_submit_is_refused():
-    with pytest.raises(TypeError, match="needs a submit"):
+def test_attaching_something_that_is_not_a_transport_is_refused():
+    with pytest.raises(TypeError, match="is not a Transport"):
         EventInterface().attach(object())
+
+    class OnlySubmit:  # structural, but without the optional methods
+        def submit(self, event, sockets, body, sync, timeout, message_id):
+            return [(Status.QUEUED, "")] * len(sockets)
+
+    with pytest.raises(TypeError, match="subclass opsevent.Transport"):
+        EventInterface().attach(OnlySubmit())
+
+
+def test_a_transport_that_subclasses_transport_gets_the_optional_methods():
+    class OnlySubmit(Transport):
+        def submit(self, event, sockets, body, sync, timeout, message_id):
+            return [(Status.QUEUED, "")] * len(sockets)
+
+    transport = OnlySubmit()
+    evi = interface(PIKE, transport=transport)
+    assert evi.raise_event("E_SIP_MESSAGE", {"big": "x" * MAX_BODY_SIZE}).deliveries[0].status is Status.TOO_LARGE
+    assert (transport.flush(1.0), transport.at_exit()) == (0, None)
 
 
 def test_the_result_is_false_when_any_delivery_fails():
@@ -383,7 +402,7 @@ def test_each_formats_body_is_built_and_submitted_once_in_subscriber_order():
     assert result
 
 
-class AnsweringTransport:
+class AnsweringTransport(Transport):
     """Answers each socket with the status named by its routing key."""
 
     def __init__(self):

@@ -13,8 +13,9 @@ import pytest
 import opsevent
 import workers
 from helpers import ROOT, assert_no_secret, opsevent_cli, secret_socket
-from workers.broker import declare_queue, queue_count
-from workers.listen import Message, as_json, as_table
+from workers.control.listen import as_json, as_table
+from workers.demo.broker import declare_queue, queue_count
+from workers.rabbitmq.consumer import Message
 
 SECRET = "s3cr3t"
 

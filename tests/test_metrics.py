@@ -19,13 +19,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 import opsevent
 import workers
-from workers import histogram
-from workers.broker import consume, free_port
-from workers.cli import render_stats
-from workers.health import judge
-from workers.histogram import LATENCY_BUCKETS, Histogram, quantile_bound
-from workers.link import BrokerLink, Item
-from workers.metrics import OVERFLOW, Collector
+from workers.control.cli import render_stats
+from workers.control.health import judge
+from workers.control.metrics import OVERFLOW, Collector
+from workers.demo.broker import consume, free_port
+from workers.rabbitmq import histogram
+from workers.rabbitmq.histogram import LATENCY_BUCKETS, Histogram, quantile_bound
+from workers.rabbitmq.link import BrokerLink, Item
 
 from helpers import opsevent_cli, wait_for
 from scrape import Samples, holders, scrape
@@ -320,6 +320,9 @@ def test_only_the_serving_process_holds_the_metrics_port_never_a_forked_child_or
         child.start()
         try:
             assert ready.wait(10)
+            # The worker closes what it inherited as it starts, which on a loaded machine may be
+            # well after serve() returned: look once it has attached to the queue, after that.
+            wait_for(lambda: service.jobs.readers() >= 1, 10, "the worker attached to the job queue")
             roles = {os.getpid(): "serving process", child.pid: "forked child", service.process.pid: "worker"}
             held = holders(service.metrics.address, roles)
             assert {roles[pid] for pid in held} == {"serving process"}, held

@@ -17,7 +17,7 @@ import pytest
 from helpers import wait_for
 from scrape import Samples, holders, scrape
 from servers import Server, load
-from workers.broker import PrivateBroker, declare_queue, free_port
+from workers.demo.broker import PrivateBroker, declare_queue, free_port
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]
 

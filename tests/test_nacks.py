@@ -16,7 +16,7 @@ import pytest
 import opsevent
 import workers
 from opsevent import Status
-from workers.broker import consume, queue_count
+from workers.demo.broker import consume, queue_count
 from helpers import secret_socket, wait_for
 from test_faults import CallerClock, event_body, link_stats, label_of, settled, worker_logs
 

@@ -10,6 +10,7 @@ from opsevent import (
     EventTooLargeError,
     MAX_BODY_SIZE,
     Status,
+    Transport,
     decode_event,
     encode_event,
 )
@@ -55,7 +56,7 @@ def test_the_body_is_what_opensips_1_8_to_3_0_write(params, body):
 
 
 def test_it_is_chosen_per_interface_and_per_socket_like_json():
-    class Recorder:
+    class Recorder(Transport):
         def __init__(self):
             self.bodies = []
 

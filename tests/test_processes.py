@@ -14,7 +14,7 @@ import pytest
 
 import opsevent
 import workers
-from workers.broker import consume, declare_queue, queue_count
+from workers.demo.broker import consume, declare_queue, queue_count
 
 pytestmark = pytest.mark.broker
 
@@ -131,7 +131,7 @@ def test_a_crashed_frontend_is_logged_and_restarted_without_disturbing_the_other
     evi = opsevent.EventInterface(sync_mode=True)
     evi.subscribe_event("E_AFTER_CRASH", broker.socket(queue_name))
     sup = workers.Supervisor(evi, crash_once_target(str(tmp_path)), processes=3, install_logging=False)
-    with caplog.at_level(logging.INFO, logger="workers.supervisor"):
+    with caplog.at_level(logging.INFO, logger="workers.processes.supervisor"):
         assert sup.run() == {1: 0, 2: 0, 3: 0}
     assert "front-end 2" in caplog.text and "exited with code 1" in caplog.text
     assert "restarting front-end 2" in caplog.text
@@ -144,7 +144,18 @@ def test_a_frontend_that_keeps_crashing_is_given_up_after_the_crash_limit(caplog
         raise RuntimeError("boom")
 
     sup = workers.Supervisor(opsevent.EventInterface(), always_crash, processes=1, install_logging=False)
-    with caplog.at_level(logging.INFO, logger="workers.supervisor"):
+    with caplog.at_level(logging.INFO, logger="workers.processes.supervisor"):
         assert sup.run() == {1: 1}
     assert caplog.text.count("restarting front-end 1") == 2  # its third exit within the window is the last
     assert "not restarting it" in caplog.text
+
+
+def test_the_crash_window_gives_up_at_the_third_death_within_ten_seconds_and_forgets_older_ones():
+    from workers.processes.crashes import CrashWindow
+
+    crashes = CrashWindow()
+    assert [crashes.died(now) for now in (0.0, 5.0)] == [False, False]
+    assert crashes.died(9.9) is True and crashes.count == 3  # the third within 10 s: not restarted
+    crashes = CrashWindow()
+    assert [crashes.died(now) for now in (0.0, 5.0, 10.0, 15.0)] == [False, False, False, False]
+    assert crashes.count == 2  # the one at 0 s and 5 s are out of the window by then

@@ -22,7 +22,7 @@ import pytest
 
 import opsevent
 import workers
-from workers.broker import PrivateBroker, consume, declare_queue, free_port
+from workers.demo.broker import PrivateBroker, consume, declare_queue, free_port
 
 from helpers import ROOT, wait_for
 
@@ -56,7 +56,7 @@ class Prometheus:
         assert PROMETHEUS.exists(), f"{PROMETHEUS} is missing: ./run installs Debian's prometheus package"
         config = self.folder / "prometheus.yml"
         rules = self.folder / "alerts.yml"
-        rules.write_text(readme_alerts())
+        rules.write_text(documented_alerts())
         config.write_text(CONFIG.format(every=SCRAPE_EVERY, target=self.target, rules=rules))
         self.log = open(self.folder / "prometheus.log", "w")
         self.proc = subprocess.Popen(
@@ -116,9 +116,9 @@ class Prometheus:
                  interval=0.25)
 
 
-def readme_alerts() -> str:
-    """The alerting rules the README proposes, as written there."""
-    blocks = re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+def documented_alerts() -> str:
+    """The alerting rules docs/metrics.md proposes, as written there."""
+    blocks = re.findall(r"```yaml\n(.*?)```", (ROOT / "docs" / "metrics.md").read_text(), re.S)
     (rules,) = [block for block in blocks if block.startswith("groups:")]
     return rules
 
@@ -175,8 +175,8 @@ def _check_through_an_outage(prom: Prometheus, broker: PrivateBroker, evi) -> No
         prom.wait(f"opsevent_broker_connection_failed{{{link}}}", 1, "the failed connection")
         failed_at = time.time()
         assert prom.value(f"opsevent_broker_connected{{{link}}}") == 0
-        # The README's alert sees it (pending: it fires after its "for: 1m").
-        prom.wait('count(ALERTS{alertname="OpseventBrokerDisconnected"})', 1, "the README's disconnected alert")
+        # The docs' alert sees it (pending: it fires after its "for: 1m").
+        prom.wait('count(ALERTS{alertname="OpseventBrokerDisconnected"})', 1, "the docs' disconnected alert")
         for level in (50, 100, 150):
             raise_paced(evi, "E_PROM", 50, 0.2)
             prom.wait(f"opsevent_broker_backlog{{{link}}}", level, f"a backlog of {level}")

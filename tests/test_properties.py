@@ -13,14 +13,14 @@ import pytest
 import opsevent
 import opsevent.consumer
 import workers
-import workers.rabbitmq
+import workers.rabbitmq.worker
 from opsevent import MAX_BODY_SIZE, Status, parse_socket
 from tests.helpers import wait_for
-from workers import job
-from workers.broker import declare_queue
-from workers.channel import JobSender
-from workers.jobqueue import JobQueue
-from workers.job import SocketBytes
+from workers.channel import job
+from workers.channel.job import SocketBytes
+from workers.channel.jobqueue import JobQueue
+from workers.channel.sender import JobSender
+from workers.demo.broker import declare_queue
 
 pytestmark = pytest.mark.broker
 
@@ -79,7 +79,7 @@ def test_every_message_carries_its_content_type_delivery_mode_event_header_time_
 
 
 def test_the_consumer_helper_knows_every_content_type_the_worker_gives():
-    assert opsevent.consumer.CONTENT_TYPES == workers.rabbitmq.CONTENT_TYPES
+    assert opsevent.consumer.CONTENT_TYPES == workers.rabbitmq.worker.CONTENT_TYPES
 
 
 def test_an_event_goes_out_through_a_fanout_exchange_with_an_empty_routing_key(broker, queue_name):

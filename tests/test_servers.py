@@ -18,7 +18,7 @@ import pytest
 
 from helpers import boottime, started_at, wait_for
 from servers import Server, assert_exact, load
-from workers.broker import PrivateBroker, declare_queue
+from workers.demo.broker import PrivateBroker, declare_queue
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]
 
@@ -194,7 +194,7 @@ def test_serve_at_import_without_preload_gives_each_gunicorn_worker_its_own_and_
 def _missing(broker, queue, answered) -> set:
     """Ids answered 200 whose event is not in the queue (each present one exactly once, byte-exact)."""
     from servers import expected_body
-    from workers.broker import consume, queue_count
+    from workers.demo.broker import consume, queue_count
     wanted = {expected_body(i, int(body)): i for i, (status, body) in answered.items() if status == 200}
     got = []
     try:

@@ -11,8 +11,8 @@ import pytest
 
 import opsevent
 from opsevent import parse_socket
-from workers import shared
-from workers.shared import SharedSubscriptions, SubscriptionTableFull
+from workers.channel import shared
+from workers.channel.shared import SharedSubscriptions, SubscriptionTableFull
 
 FORK = multiprocessing.get_context("fork")
 PIKE = parse_socket("rabbitmq:u:s3cr3t@127.0.0.1/pike")

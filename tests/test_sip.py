@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 import opsevent
 from opsevent import Status
-from workers import sip
-from workers.sip import (
+from workers.demo import sip
+from workers.demo.sip import (
     ANSWERED, FULL, NEW, PENDING, NotARequest, SipParseError, TransactionTable,
     build_reply, has_tag, parse_request, ruri_user, to_tag, transaction_key, via_branch,
 )
@@ -298,7 +298,7 @@ def test_table_is_shared_and_claims_once_across_processes():
 
 # ---- handling ---------------------------------------------------------------------------
 
-class Recorder:
+class Recorder(opsevent.Transport):
     def __init__(self, status=Status.QUEUED):
         self.bodies = []
         self.status = status

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from workers import sipdemo
-from workers.broker import consume, delete_queue, queue_count
+from workers.demo import sipdemo
+from workers.demo.broker import consume, delete_queue, queue_count
 
 pytestmark = pytest.mark.broker
 

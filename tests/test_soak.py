@@ -29,7 +29,7 @@ import pytest
 import opsevent
 import workers
 from opsevent import Status, parse_socket
-from workers.broker import PrivateBroker, _port_accepts, consume, declare_queue, queue_count
+from workers.demo.broker import PrivateBroker, consume, declare_queue, port_accepts, queue_count
 from helpers import wait_for
 
 FORK = multiprocessing.get_context("fork")
@@ -51,8 +51,7 @@ def soak_frontend(evi, rank, rate, stop, results):
         if evi.raise_event("E_SOAK", {"rank": rank, "seq": seq}).deliveries[0].status is not Status.QUEUED:
             refused.append(seq)
         seq += 1
-    flush = getattr(evi.transport, "flush", None)
-    results.put((rank, seq, refused, flush(5.0) if flush is not None else 0))
+    results.put((rank, seq, refused, evi.transport.flush(5.0)))
 
 
 def rss_bytes(pid: int) -> int:
@@ -81,7 +80,7 @@ def sleep_until(t: float) -> None:
 def soak_broker():
     with PrivateBroker() as b:
         yield b
-        if not _port_accepts(b.host, b.port):
+        if not port_accepts(b.host, b.port):
             b.start_app()
 
 

@@ -1,6 +1,6 @@
 """Per-subscription counters: the worker's own plus the front-ends' refusals."""
 
-from workers.substats import FRONTEND_COUNTERS, WORKER_COUNTERS, SubscriptionStats
+from workers.rabbitmq.substats import FRONTEND_COUNTERS, WORKER_COUNTERS, SubscriptionStats
 
 SIP = ("E_SIP_MESSAGE", "rabbitmq:guest:***@mq:5672/sipmsg")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from workers.tally import Tally
+from workers.base.tally import Tally
 
 
 class Lines:

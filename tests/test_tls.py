@@ -20,11 +20,12 @@ import trustme
 import opsevent
 import workers
 from opsevent import Status, encode_event, parse_socket
-from workers.broker import BrokerTLS, PrivateBroker, consume, declare_queue
-from workers import job, tls
-from workers.channel import ReplyBox
-from workers.jobqueue import JobQueue
-from workers.rabbitmq import RabbitMQWorker
+from workers.channel import job
+from workers.channel.jobqueue import JobQueue
+from workers.channel.replies import ReplyBox
+from workers.demo.broker import BrokerTLS, PrivateBroker, consume, declare_queue
+from workers.rabbitmq import tls
+from workers.rabbitmq.worker import RabbitMQWorker
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
 
@@ -150,7 +151,7 @@ def test_a_tls_file_the_worker_cannot_use_fails_sync_raises_and_is_logged_for_as
         sockets = [parse_socket(tls_socket(tls_broker, "q"))]
         box = ReplyBox()
         box.expect(1)
-        with caplog.at_level(logging.WARNING, logger="workers.link"):
+        with caplog.at_level(logging.WARNING, logger="workers.rabbitmq.link"):
             worker.handle(job.pack(sockets, b"E_ASYNC\n", raised_at=time.monotonic()))
             worker.handle(job.pack(sockets, b"E_SYNC\n", seq=1, reply=box.address, raised_at=time.monotonic()))
             deadline = time.monotonic() + 5

@@ -10,12 +10,12 @@ import pytest
 
 import opsevent
 from opsevent import encode_event, parse_socket
-from workers.broker import consume, declare_queue, free_port
-from workers import job
-from workers.channel import ReplyBox
-from workers.jobqueue import JobQueue
-from workers import rabbitmq
-from workers.rabbitmq import RabbitMQWorker
+from workers.channel import job
+from workers.channel.jobqueue import JobQueue
+from workers.channel.replies import ReplyBox
+from workers.demo.broker import consume, declare_queue, free_port
+from workers.rabbitmq import worker as worker_module
+from workers.rabbitmq.worker import RabbitMQWorker
 
 pytestmark = pytest.mark.broker
 
@@ -130,11 +130,11 @@ def test_more_jobs_than_one_turn_takes_are_all_handled_though_nothing_more_arriv
         broker, queue_name, monkeypatch):
     # One read takes every job in the pipe; those beyond a turn's share wake
     # no poller, so the worker must come back for them by itself.
-    monkeypatch.setattr(rabbitmq, "JOBS_PER_TURN", 256)
+    monkeypatch.setattr(worker_module, "JOBS_PER_TURN", 256)
     declare_queue(broker, queue_name)
     jobs = JobQueue(FORK, maxsize=100_000)
     w = RabbitMQWorker(jobs, opsevent.Settings())
-    n = 3 * rabbitmq.JOBS_PER_TURN
+    n = 3 * worker_module.JOBS_PER_TURN
     sockets = [parse_socket(broker.socket(queue_name))]
     for i in range(n):
         assert jobs.put([a_job(sockets, b"E_MANY\nn::%d\n" % i)])

@@ -2,7 +2,7 @@
 
 The honest yardstick for opsevent is what the broker takes from the C client
 OpenSIPS uses when every message gets what ours get: streamed publisher
-confirms, the mandatory flag, the same properties (``workers/amqp.py``), the
+confirms, the mandatory flag, the same properties (``workers/rabbitmq/amqp.py``), the
 same body, into the same kind of queue.  ``window`` is how many messages may
 be unconfirmed at once: 10,000 stands for the async worker's backlog, 8 for
 eight sync callers each waiting for its confirm.
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import opsevent
-from workers.rabbitmq import CONTENT_TYPES
+from workers.rabbitmq.worker import CONTENT_TYPES
 
 from bench.harness import Gate, Target, conduct, rate
 from bench.measure import (

@@ -3,7 +3,7 @@
  * event_rabbitmq uses) publishing with the guarantees opsevent gives every
  * event: publisher confirms streamed with a window of outstanding messages,
  * the mandatory flag (a basic.return counts as a failure), and the message
- * properties of workers/amqp.py, in the same order and encoding:
+ * properties of workers/rabbitmq/amqp.py, in the same order and encoding:
  * content-type, headers {"event": NAME} (unless -N), message-id
  * "<16 hex>-<n>", timestamp (seconds) and app-id; no delivery-mode, as for
  * opsevent's transient subscribers.

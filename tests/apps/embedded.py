@@ -30,14 +30,9 @@ import time
 
 import opsevent
 import workers
+from workers.demo.procstat import started_at
 
 PAD = "x" * 3500  # a job of about 3.6 KiB: one frame, and few fit in the pipe
-
-
-def started_at(pid):
-    """When ``pid`` was forked, in CLOCK_BOOTTIME seconds (to 1/CLK_TCK)."""
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
 
 
 def reaper():

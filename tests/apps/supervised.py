@@ -12,7 +12,7 @@ import time
 
 import opsevent
 import workers
-from workers.process import set_parent_death_signal
+from workers.base.process import set_parent_death_signal
 
 LIFETIME = 60.0
 

@@ -25,7 +25,7 @@ import os
 
 import opsevent
 import workers.asgi
-from workers.service import serve
+from workers.processes.service import serve
 
 if os.environ.get("WEBAPP_LOGGING") == "basic":
     logging.basicConfig(format="%(process)d %(levelname)s %(name)s: %(message)s")

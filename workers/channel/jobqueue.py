@@ -1,0 +1,443 @@
+"""The one shared job queue: front-ends put, the RabbitMQ worker takes.
+
+Theory of operation.  A ``multiprocessing.Queue`` hands every ``put`` to a
+feeder thread: a thread wake-up and a GIL hand-over per event (tens of
+microseconds of CPU in the caller's process, milliseconds at the tail).
+This queue writes the job into the shared pipe in the caller's own thread
+when the pipe has room, which is nearly always, and only falls back to a
+per-process overflow buffer and feeder thread when it has not.
+
+* The pipe is created pre-fork and inherited; its capacity is raised with
+  ``F_SETPIPE_SZ`` as far as allowed.  A semaphore counts the jobs in the
+  pipe and in every overflow buffer (``maxsize``); ``put`` never waits for a
+  slot: no slot, no job (``False``, "queue full").
+* POSIX makes a pipe write of at most ``PIPE_BUF`` (4096) bytes atomic even
+  with many writers, so no lock is shared between processes (a preempted
+  lock holder would stall every front-end).  A job is written as frames of at
+  most 4096 bytes, each in one ``write``::
+
+      frame = length:u32  job-id:u64  index:u16  count:u16  payload:length
+
+  A small job is one frame; a big one (up to the 16 KiB body limit) is a
+  few, which may interleave with other writers' frames and are put back
+  together by job id (the writer's pid and a per-process counter).
+* The write end is non-blocking, so a direct write either puts a whole
+  frame in the pipe or fails with ``EAGAIN`` (pipe full) and writes nothing:
+  then the job (or the rest of a multi-frame job) joins this process's
+  overflow buffer, in order, and the feeder thread writes it when the worker
+  has made room.  While the buffer is not empty every job goes through it,
+  so a process's jobs keep their order.
+* Because every write is one whole frame, the pipe always holds whole
+  frames.  The worker asks how many bytes are there (``FIONREAD``) and reads
+  exactly that many in one ``read``: many jobs per system call, and the pipe
+  is left at a frame boundary, so a worker killed between two reads leaves
+  nothing torn for its successor.  Frames of a job whose writer died
+  half-way are dropped after a while.
+* A job's payload is bytes the caller encodes (``workers.channel.sender``); this
+  module only frames, carries and counts them.
+* A process that exits with jobs still in its overflow buffer (a recycled
+  gunicorn worker, a stopping front-end) must neither wait for the worker
+  (a server does not replace a worker until it is gone, so waiting stalls
+  it) nor lose them: ``spool_unsent()`` writes their frames to a file in
+  the spool folder (made pre-fork) and the process exits at once.  The
+  worker reads spool files like the pipe, after reading what the pipe holds
+  (the exited process's earlier jobs are there), so order is kept.  Their
+  slots stay taken until the worker reads them, like jobs in the pipe.
+* The ledger, a few counters in shared memory made pre-fork, says what the
+  reader holds: jobs it took out of the pipe (``taken``) and jobs it is done
+  with (``finished``, counted by the worker).  If the reader dies, the
+  difference is what died with it; ``settle_dead_reader()`` moves it to
+  ``lost`` before the next reader attaches (``readers`` counts them).
+  Only the reader writes ``taken`` and ``finished``, so no lock is needed.
+"""
+
+from __future__ import annotations
+
+import collections
+import fcntl
+import itertools
+import logging
+import mmap
+import os
+import select
+import struct
+import termios
+import threading
+import time
+
+from workers.base import forks
+
+log = logging.getLogger(__name__)
+
+_HEADER = struct.Struct("!IQHH")
+_PIPE_BUF = 4096
+_CHUNK = _PIPE_BUF - _HEADER.size
+_STALE_PARTIAL = 10.0  # seconds after which an unfinished multi-frame job is dropped
+_WANTED_PIPE_SIZE = 8 << 20
+_F_SETPIPE_SZ, _F_GETPIPE_SZ = 1031, 1032
+TAKEN, FINISHED, LOST, READERS, SPOOLED = range(5)  # the ledger's u64 counters
+SPOOL_LOOK_EVERY = 1.0  # seconds between two looks at the spool folder when no writer said it wrote
+
+
+class _Local:
+    """One process's side of the queue: job ids, overflow buffer, feeder."""
+
+    def __init__(self):
+        self.pid = os.getpid()
+        self.ids = itertools.count()
+        self.lock = threading.Lock()
+        self.wake = threading.Condition(self.lock)
+        self.overflow: collections.deque[list[bytes]] = collections.deque()
+        self.feeder: threading.Thread | None = None
+
+
+class JobQueue:
+    def __init__(self, ctx, maxsize: int, spool_dir: str | None = None):
+        # Pre-fork: the pipe, the slot count, the ledger; the spool folder is the caller's.
+        self.maxsize = maxsize
+        self.spool_dir = spool_dir
+        self._read_fd, self._write_fd = os.pipe()
+        # Every writer shares this end: non-blocking, so a full pipe is EAGAIN, never a wait.
+        os.set_blocking(self._write_fd, False)
+        self.capacity = _grow_pipe(self._write_fd)
+        self._slots = ctx.Semaphore(maxsize)
+        self._ledger_map = mmap.mmap(-1, mmap.PAGESIZE)  # anonymous and shared: inherited by the fork
+        self.ledger = memoryview(self._ledger_map).cast("Q")
+        self.on_first_overflow = None  # called in a process the first time it buffers a job
+        self._local: _Local | None = None
+        self._local_lock = threading.Lock()
+        _QUEUES.add(self)
+        self._partial = {}  # worker side: job id -> (first seen, frames so far)
+        self._ready: collections.deque = collections.deque()  # worker side: jobs read ahead
+        self._spool_seen = 0  # worker side: the SPOOLED count at its last look
+        self._spool_look = 0.0  # worker side: when it last looked at the folder
+        self.unspooled = 0  # worker side: jobs read from spool files
+        self.torn = 0  # worker side: jobs dropped because their writer died half-way
+
+    # ---- the front-end end -------------------------------------------------------
+
+    def put(self, parts) -> bool:
+        """Put one job, the concatenation of the byte strings ``parts``, without
+        waiting; ``False`` when the queue is full."""
+        if not self._slots.acquire(False):
+            return False
+        local = self._here()
+        data = b"".join(parts)
+        with local.lock:
+            job_id = (local.pid << 32) | (next(local.ids) & 0xFFFFFFFF)
+            if len(data) <= _CHUNK:
+                frame = _HEADER.pack(len(data), job_id, 0, 1) + data
+                if not local.overflow:
+                    try:
+                        os.write(self._write_fd, frame)  # the usual case: one whole frame, one write
+                        return True
+                    except BlockingIOError:
+                        pass
+                frames = [frame]
+            else:
+                frames = _frames(data, job_id)
+                if not local.overflow:
+                    frames = _write_some(self._write_fd, frames)
+                    if not frames:
+                        return True
+            local.overflow.append(frames)
+            if local.feeder is None:
+                local.feeder = threading.Thread(target=self._feed, args=(local,), name="opsevent-feeder",
+                                                daemon=True)
+                local.feeder.start()
+                if self.on_first_overflow is not None:
+                    self.on_first_overflow()
+            local.wake.notify()
+        return True
+
+    def _here(self) -> _Local:
+        # A forked child finds None here (_after_fork_in_child): it must not
+        # use its parent's buffer or thread.  No getpid() per put.
+        local = self._local
+        if local is None:
+            with self._local_lock:
+                if self._local is None:
+                    self._local = _Local()
+                local = self._local
+        return local
+
+    def _feed(self, local: _Local) -> None:
+        # The overflow path, in this thread only: wait for room, write frames.
+        fd = self._write_fd
+        while True:
+            # The writes never block, so they are made under the lock: a
+            # buffer taken by discard_unsent() is never half-written behind it.
+            with local.lock:
+                while not local.overflow:
+                    local.wake.wait()
+                left = _write_some(fd, local.overflow[0])
+                if left:
+                    local.overflow[0] = left
+                else:
+                    local.overflow.popleft()
+            if left:
+                _wait_for(fd, select.POLLOUT)
+
+    def depth(self) -> int:
+        """Jobs queued: in the pipe, in overflow buffers, or read by the worker and not yet taken."""
+        return self.maxsize - self._slots.get_value() + len(self._ready)
+
+    def unsent(self) -> int:
+        """Jobs of this process still in its overflow buffer."""
+        local = self._local
+        return len(local.overflow) if local is not None and local.pid == os.getpid() else 0
+
+    def spool_unsent(self) -> int:
+        """This process is exiting: write its buffered jobs to a spool file for the worker.
+
+        Returns how many jobs it spooled (0: nothing buffered).  Raises
+        ``OSError`` when the file cannot be written (no spool folder, disk
+        full): the jobs are then still buffered, for ``discard_unsent()``.
+        """
+        local = self._local
+        if local is None or local.pid != os.getpid() or self.spool_dir is None:
+            if self.unsent():
+                raise OSError("this queue has no spool folder")
+            return 0
+        with local.lock:
+            if not local.overflow:
+                return 0
+            frames = [frame for entry in local.overflow for frame in entry]
+            name = os.path.join(self.spool_dir, f"{time.time():.6f}-{local.pid}-{next(local.ids)}")
+            with open(name + ".tmp", "wb") as f:
+                f.write(b"".join(frames))
+            os.rename(name + ".tmp", name + ".jobs")  # whole, or not there
+            count = len(local.overflow)
+            local.overflow.clear()
+        self.ledger[SPOOLED] += 1  # a hint for the reader; it also looks every SPOOL_LOOK_EVERY
+        return count
+
+    def discard_unsent(self) -> list[bytes]:
+        """Give up this process's buffered jobs: free their slots, return their payloads.
+
+        A job already partly in the pipe keeps its slot: the reader drops
+        its torn frames after a while and frees it then.
+        """
+        local = self._local
+        if local is None or local.pid != os.getpid():
+            return []
+        with local.lock:
+            entries, local.overflow = list(local.overflow), collections.deque()
+        payloads = []
+        for frames in entries:
+            if _HEADER.unpack_from(frames[0])[2] != 0:
+                continue  # its first frames are in the pipe
+            payloads.append(b"".join(frame[_HEADER.size:] for frame in frames))
+            self._slots.release()
+        return payloads
+
+    def flush(self, timeout: float) -> int:
+        """Wait while the worker takes this process's buffered jobs; return how many are left.
+
+        Bounded by ``timeout`` seconds without progress.
+        """
+        left, deadline = self.unsent(), time.monotonic() + timeout
+        while left and time.monotonic() < deadline:
+            time.sleep(0.01)
+            if self.unsent() < left:
+                left, deadline = self.unsent(), time.monotonic() + timeout
+        return self.unsent()
+
+    # ---- the worker end: one reader at a time -----------------------------------------
+
+    def fileno(self) -> int:
+        return self._read_fd
+
+    def attach_reader(self) -> None:
+        """Post-fork, in the worker.  Front-ends only ask this end how full it is."""
+        os.set_blocking(self._read_fd, False)
+        self.ledger[READERS] += 1
+
+    def readers(self) -> int:
+        """How many readers have attached so far: a change means the worker was replaced."""
+        return self.ledger[READERS]
+
+    def finished(self, n: int = 1) -> None:
+        """Reader side: ``n`` jobs taken earlier are done with (published and resolved, or dropped)."""
+        self.ledger[FINISHED] += n
+
+    def held(self) -> int:
+        """Jobs the reader took and is not done with."""
+        return self.ledger[TAKEN] - self.ledger[FINISHED]
+
+    def settle_dead_reader(self) -> int:
+        """After the reader died, before the next attaches: what it held is lost; return how many."""
+        held = self.held()
+        self.ledger[LOST] += held
+        self.ledger[FINISHED] = self.ledger[TAKEN]
+        return held
+
+    def lost(self) -> int:
+        """Jobs that died with their readers, in all."""
+        return self.ledger[LOST]
+
+    def receive(self, limit: int) -> list:
+        """Up to ``limit`` whole job payloads; never waits for one.
+
+        Jobs read from the pipe beyond ``limit`` wait in the worker, at most
+        one pipe's worth more (the pipe is read only when fewer than
+        ``limit`` wait).  Their queue slots are freed as they leave the pipe:
+        like a job the worker is publishing, a job read ahead belongs to this
+        worker now, and a worker that dies must not take slots with it.
+        """
+        ready = self._ready
+        if len(ready) < limit:
+            self._read_pipe(ready)
+            if len(ready) < limit and self.spooled():
+                self._read_spool(ready)
+        n = min(limit, len(ready))
+        return [ready.popleft() for _ in range(n)]
+
+    def spooled(self) -> bool:
+        """Worker side: whether spool files may be waiting (a writer said so, or it is time to look)."""
+        if self.spool_dir is None:
+            return False
+        return self.ledger[SPOOLED] != self._spool_seen or time.monotonic() - self._spool_look >= SPOOL_LOOK_EVERY
+
+    def _read_spool(self, ready) -> None:
+        self._spool_seen, self._spool_look = self.ledger[SPOOLED], time.monotonic()
+        try:
+            names = sorted(n for n in os.listdir(self.spool_dir) if n.endswith(".jobs"))
+        except FileNotFoundError:
+            return
+        if not names:
+            return
+        self._read_pipe(ready)  # first what the pipe holds: the spooling process's earlier jobs are there
+        for name in names:
+            path = os.path.join(self.spool_dir, name)
+            with open(path, "rb") as f:
+                data = f.read()
+            os.unlink(path)
+            before = len(ready)
+            self._parse(memoryview(data), ready)
+            self.unspooled += len(ready) - before
+
+    def _read_pipe(self, ready) -> None:
+        size = _bytes_in(self._read_fd)
+        if not size:
+            return
+        self._parse(memoryview(_read_exactly(self._read_fd, b"", size)), ready)
+
+    def _parse(self, data: memoryview, ready) -> None:
+        """Every job whose frames are now all in: into ``ready``, its slot freed, taken."""
+        at, size, unpack = 0, len(data), _HEADER.unpack_from
+        while at < size:
+            length, job_id, index, count = unpack(data, at)
+            at += _HEADER.size
+            payload = data[at:at + length]
+            at += length
+            if count > 1:
+                payload = self._assemble(job_id, index, count, bytes(payload))
+                if payload is None:
+                    continue
+            ready.append(payload)
+            self._slots.release()
+            self.ledger[TAKEN] += 1
+
+    def waiting(self) -> int:
+        """Worker side: jobs read from the pipe and not yet handed out."""
+        return len(self._ready)
+
+    def _assemble(self, job_id: int, index: int, count: int, payload: bytes):
+        _unused_started, frames = self._partial.setdefault(job_id, (time.monotonic(), {}))
+        frames[index] = payload
+        if len(frames) < count:
+            if len(self._partial) > 1:
+                self._drop_stale()
+            return None
+        del self._partial[job_id]
+        return b"".join(frames[i] for i in range(count))
+
+    def _drop_stale(self) -> None:
+        now = time.monotonic()
+        for job_id in [j for j, (t, _) in self._partial.items() if now - t > _STALE_PARTIAL]:
+            del self._partial[job_id]
+            self.torn += 1
+            self._slots.release()  # it was never taken: not in the ledger
+            log.error("dropped a job whose writer died half-way through it (%d so far)", self.torn)
+
+    def pending(self) -> bool:
+        """Worker side: whether jobs wait, in the pipe, in spool files, or read ahead and not yet taken."""
+        if self._ready or _bytes_in(self._read_fd) > 0:
+            return True
+        try:
+            return any(n.endswith(".jobs") for n in os.listdir(self.spool_dir)) if self.spool_dir else False
+        except FileNotFoundError:
+            return False
+
+    def _after_fork_in_child(self) -> None:
+        # Another thread of the parent (a control-socket raise, say) may have held
+        # this lock at the fork; in the child nobody would ever release it.
+        self._local_lock = threading.Lock()
+        self._local = None  # the parent's buffer and feeder thread are not this process's
+
+    def close(self) -> None:
+        for fd in (self._read_fd, self._write_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        # The ledger stays mapped: processes still holding the queue may read it.
+
+
+_QUEUES = forks.registry(JobQueue._after_fork_in_child)
+
+
+def _frames(data: bytes, job_id: int) -> list[bytes]:
+    count = (len(data) + _CHUNK - 1) // _CHUNK or 1
+    return [_HEADER.pack(len(chunk), job_id, index, count) + chunk
+            for index, chunk in ((i, data[i * _CHUNK:(i + 1) * _CHUNK]) for i in range(count))]
+
+
+def _write_some(fd: int, frames: list[bytes]) -> list[bytes]:
+    """Write frames until the pipe is full; return those not written."""
+    for i, frame in enumerate(frames):
+        try:
+            os.write(fd, frame)  # at most PIPE_BUF bytes: all of it, or EAGAIN and none
+        except BlockingIOError:
+            return frames[i:]
+    return []
+
+
+def _wait_for(fd: int, event: int) -> None:
+    # poll(), not select(): select() cannot watch a descriptor numbered 1024 or more.
+    poller = select.poll()
+    poller.register(fd, event)
+    poller.poll(1000)
+
+
+def _bytes_in(fd: int) -> int:
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+def _grow_pipe(fd: int) -> int:
+    """Make the pipe as big as allowed (up to 8 MiB); return its capacity."""
+    try:
+        return fcntl.fcntl(fd, _F_SETPIPE_SZ, _WANTED_PIPE_SIZE)
+    except PermissionError:
+        pass  # above /proc/sys/fs/pipe-max-size without CAP_SYS_RESOURCE
+    try:
+        with open("/proc/sys/fs/pipe-max-size") as f:
+            return fcntl.fcntl(fd, _F_SETPIPE_SZ, int(f.read()))
+    except (OSError, ValueError):
+        return fcntl.fcntl(fd, _F_GETPIPE_SZ)
+
+
+def _read_exactly(fd: int, data: bytes, size: int) -> bytes:
+    # The writer is in the middle of this very frame (one write call): the
+    # rest is a moment away.  Wait rather than tear the stream.
+    while len(data) < size:
+        try:
+            chunk = os.read(fd, size - len(data))
+        except BlockingIOError:
+            _wait_for(fd, select.POLLIN)
+            continue
+        if not chunk:
+            raise EOFError("the job queue's pipe was closed in the middle of a job")
+        data += chunk
+    return data

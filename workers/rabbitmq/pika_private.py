@@ -1,0 +1,155 @@
+"""Every use of pika's private API, in one module, and what checks it is still there.
+
+pika (``pika>=1.3,<2`` in setup.cfg; read on 1.4.4) has no public way to do
+what the worker needs here, so this module reaches into it, and nothing
+else in the project does (``tests/test_boundaries.py`` checks):
+
+* ``send(conn, data)``: write a batch of frames now.  pika's transport only
+  buffers a write and sends it on the next writable event: an extra poller
+  round (two watcher changes and a poll) per batch, which was a third of a
+  sync raise's cost in the worker.  With nothing buffered ahead of it, we
+  send on the socket ourselves; pika keeps what the socket does not take,
+  in order.  TLS goes through pika.  Uses ``SelectConnection._transport``,
+  ``_AsyncPlaintextTransport`` (``_tx_buffers``, ``_state``,
+  ``_STATE_ACTIVE``, ``_sock``) and ``BaseConnection._adapter_emit_data``.
+* ``drop(conn, error)``: end a connection without a close handshake (a
+  frozen broker, a close-ok that never comes, a connect abandoned at
+  shutdown); pika then calls the connection's close or open-error callback
+  with *error*.  Uses ``Connection._terminate_stream``.
+* ``connect_failure(error)`` and ``cause(error)``: what a failed connect was,
+  from the way pika's connection workflow wraps its errors
+  (``pika.adapters.utils.connection_workflow``: ``AMQPConnectionWorkflowFailed``
+  lists its attempts in ``exceptions``, a connector phase error holds its
+  cause in ``exception``).
+* ``server_properties(conn)``: the broker's ``connection.start`` properties
+  of a ``BlockingConnection`` (its ``_impl``); the bench reports them.
+
+``missing()`` lists what of this pika no longer has, by name;
+``tests/test_pika_private.py`` runs it (and each function against a real
+broker) so that a pika upgrade that moves any of it fails the suite, saying
+what moved, instead of the worker in production.  Not private, though not
+in pika's documentation, and checked with the rest: the ``[Extension]``
+methods of ``IOLoop`` the worker turns its loop with (``activate_poller``,
+``poll``, ``process_timeouts``).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import pika
+from pika import exceptions
+from pika.adapters.select_connection import IOLoop
+from pika.adapters.utils import connection_workflow
+from pika.adapters.utils.connection_workflow import (AMQPConnectionWorkflowFailed, AMQPConnectorException,
+                                                     AMQPConnectorPhaseErrorBase, AMQPConnectorSocketConnectError)
+from pika.adapters.utils.io_services_utils import _AsyncPlaintextTransport
+
+__all__ = ["CONNECT_ERRORS", "cause", "connect_failure", "drop", "missing", "send", "server_properties"]
+
+_PLAINTEXT = _AsyncPlaintextTransport
+_ACTIVE = _PLAINTEXT._STATE_ACTIVE
+
+# What opening a connection may raise, besides OSError: pika's own, and its workflow's.
+CONNECT_ERRORS = (exceptions.AMQPConnectionError, AMQPConnectorException)
+
+
+def send(conn: pika.SelectConnection, data: bytes) -> None:
+    """Write *data* (whole frames) on *conn* now if nothing waits ahead of it; else let pika buffer it."""
+    transport = conn._transport
+    if type(transport) is _PLAINTEXT and not transport._tx_buffers and transport._state == _ACTIVE:
+        try:
+            sent = transport._sock.send(data)
+        except OSError:
+            sent = 0  # EAGAIN, or a dead socket that pika's write path will find and report
+        if sent == len(data):
+            return
+        data = data[sent:]
+    conn._adapter_emit_data(data)
+
+
+def drop(conn: pika.SelectConnection, error: Exception) -> None:
+    """End *conn* at once, without a close handshake; its callbacks get *error*."""
+    conn._terminate_stream(error)
+
+
+def connect_failure(error: BaseException) -> tuple[str | None, BaseException]:
+    """``(phase, cause)`` of a failed connect: phase ``"TCP connect"`` or ``"set-up"`` for a
+    connector's failure, None for anything else (then *cause* is the innermost error pika gave)."""
+    # pika wraps a failed connection workflow in two layers; the last
+    # attempt's own exception is what says what went wrong.  A TLS failure
+    # comes as the workflow error itself, unwrapped.
+    while True:
+        if isinstance(error, AMQPConnectionWorkflowFailed) and error.exceptions:
+            error = error.exceptions[-1]
+        elif (isinstance(error, exceptions.AMQPConnectionError) and error.args
+              and isinstance(error.args[0], BaseException)):
+            error = error.args[0]
+        else:
+            break
+    if isinstance(error, AMQPConnectorPhaseErrorBase):
+        phase = "TCP connect" if isinstance(error, AMQPConnectorSocketConnectError) else "set-up"
+        return phase, error.exception
+    return None, error
+
+
+def cause(exc: BaseException) -> BaseException | None:
+    """The exception one of pika's wraps (the last attempt, a connector's cause, or the first arg)."""
+    attempts = tuple(getattr(exc, "exceptions", None) or ())[-1:]
+    for candidate in (*attempts, getattr(exc, "exception", None), *exc.args[:1]):
+        if isinstance(candidate, BaseException) and candidate is not exc:
+            return candidate
+    return None
+
+
+def server_properties(conn: pika.BlockingConnection) -> dict:
+    """The properties the broker sent in ``connection.start`` (product, version, ...)."""
+    return conn._impl.server_properties or {}
+
+
+# ---- the check --------------------------------------------------------------------------------
+
+# (where, names): attributes each class must still have, and the parameters of the private methods.
+_CLASS_ATTRIBUTES = (
+    (_PLAINTEXT, ("_STATE_ACTIVE",)),
+    (pika.SelectConnection, ("_adapter_emit_data", "_terminate_stream")),
+    (IOLoop, ("activate_poller", "poll", "process_timeouts")),
+)
+_SIGNATURES = (
+    (pika.SelectConnection, "_adapter_emit_data", ["self", "data"]),
+    (pika.SelectConnection, "_terminate_stream", ["self", "error"]),
+    (AMQPConnectionWorkflowFailed, "__init__", ["self", "exceptions"]),
+)
+_WORKFLOW_CLASSES = ("AMQPConnectionWorkflowFailed", "AMQPConnectorException", "AMQPConnectorPhaseErrorBase",
+                     "AMQPConnectorSocketConnectError")
+
+
+def missing(conn: pika.SelectConnection | None = None,
+            blocking: pika.BlockingConnection | None = None) -> list[str]:
+    """What this module relies on that pika no longer has, one line each; ``[]`` when all is there.
+
+    With an open plain ``SelectConnection`` *conn*, and an open
+    ``BlockingConnection`` *blocking*, their instances are checked too.
+    """
+    gone = [f"pika.adapters.utils.connection_workflow.{name}" for name in _WORKFLOW_CLASSES
+            if not isinstance(getattr(connection_workflow, name, None), type)]
+    gone += [f"{owner.__module__}.{owner.__qualname__}.{name}" for owner, names in _CLASS_ATTRIBUTES
+             for name in names if not hasattr(owner, name)]
+    for owner, name, wanted in _SIGNATURES:
+        function = getattr(owner, name, None)
+        if function is not None and list(inspect.signature(function).parameters)[:len(wanted)] != wanted:
+            gone.append(f"{owner.__qualname__}.{name}{inspect.signature(function)} "
+                        f"(was ({', '.join(wanted)}))")
+    if conn is not None:
+        transport = getattr(conn, "_transport", None)
+        if type(transport) is not _PLAINTEXT:
+            gone.append(f"an open plain SelectConnection's _transport is {type(transport).__qualname__}, "
+                        f"not _AsyncPlaintextTransport")
+        else:
+            gone += [f"_AsyncPlaintextTransport instance attribute {name}"
+                     for name in ("_tx_buffers", "_state", "_sock") if not hasattr(transport, name)]
+            if getattr(transport, "_state", None) != _ACTIVE:
+                gone.append("an open connection's transport is not in _STATE_ACTIVE")
+    if blocking is not None and not hasattr(getattr(blocking, "_impl", None), "server_properties"):
+        gone.append("BlockingConnection._impl.server_properties")
+    return gone
