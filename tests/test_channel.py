@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import threading
 import time
+
+import hypothesis
+import hypothesis.strategies as st
 
 from opsevent import Status, parse_socket
 from workers.channel import job, replies
@@ -207,3 +211,9 @@ def test_a_job_carries_its_message_id_and_a_sync_caller_without_an_answer_is_tol
     (payload,) = jobs.receive(10)
     assert job.decode(payload)[3] == b"order-42"
     jobs.close()
+
+
+@hypothesis.given(st.lists(st.tuples(st.integers(0, 2**63), st.lists(st.tuples(st.text(), st.text()), min_size=1)),
+                           min_size=1))
+def test_replies_are_encoded_exactly_as_json_dumps_writes_them(batch):
+    assert replies.encode_replies(batch) == json.dumps(batch, separators=(",", ":")).encode()

@@ -158,7 +158,7 @@ class RabbitMQWorker:
         self.ioloop.poll()
         self.ioloop.process_timeouts()
         self.replier.flush()  # this turn's sync replies, one datagram per caller process
-        if (self.stop_requested or os.getppid() != self.ppid) and self._drain_deadline is None:
+        if self.stop_requested and self._drain_deadline is None:
             self._start_drain()
 
     def shutdown(self) -> None:
@@ -330,6 +330,8 @@ class RabbitMQWorker:
 
     def _tick(self) -> None:
         now = time.monotonic()
+        if os.getppid() != self.ppid:  # orphaned (its parent-death signal missed): drain; per tick, not per turn
+            self.stop_requested = True
         for link in self.links.values():
             link.sweep(now)
         if self.reading and self.jobs.spooled():
