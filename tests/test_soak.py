@@ -2,7 +2,7 @@
 
 Asserts that nothing accumulates: the worker's and each front-end's RSS grows
 by at most 5 MiB (from the first restart on, once every buffer has been used
-once) and their open file descriptors come back to the same count after every
+once) and their open file descriptors never exceed the count after the first
 restart; the broker has exactly one connection (ours) again after each
 restart; and every event is accounted for: received = raised - counted drops,
 duplicates at most the number republished.
@@ -20,6 +20,7 @@ Two forms, the same code:
 from __future__ import annotations
 
 import collections
+import gc
 import multiprocessing
 import os
 import time
@@ -95,6 +96,7 @@ def run_soak(b, queue: str, duration: float, restart_every: float) -> None:
         assert service.process.is_alive(), f"the RabbitMQ worker died: exit code {service.process.exitcode}"
         return service.stats().get("brokers", {}).get(label, {})
 
+    gc.collect()  # the harness's garbage (sockets, pipes) is not forked into the worker to close later
     with workers.serve(evi) as service:
         stop, results = FORK.Event(), FORK.Queue()
         procs = [FORK.Process(target=soak_frontend, args=(evi, rank, RATE, stop, results), daemon=True,
@@ -144,8 +146,10 @@ def run_soak(b, queue: str, duration: float, restart_every: float) -> None:
     baseline, last = snapshots[0], snapshots[-1]
     for name in pids:
         assert last[name][0] - baseline[name][0] <= RSS_GROWTH_LIMIT, (name, baseline[name], last[name])
-        assert {snap[name][1] for snap in snapshots} == {baseline[name][1]}, (name, [s[name] for s in snapshots])
-    assert worker_end[0] - baseline["worker"][0] <= RSS_GROWTH_LIMIT and worker_end[1] == baseline["worker"][1]
+        # Fewer is not a leak: a forked process may close what it inherited later (the
+        # harness's garbage, collected in the child); more after any restart would be.
+        assert max(snap[name][1] for snap in snapshots) <= baseline[name][1], (name, [s[name] for s in snapshots])
+    assert worker_end[0] - baseline["worker"][0] <= RSS_GROWTH_LIMIT and worker_end[1] <= baseline["worker"][1]
     # Every event accounted for.
     dropped = stats.get("dropped_backlog_full", 0) + stats.get("dropped_expired", 0)
     assert dropped == 0 and not refused and end.get("failed", 0) == 0  # far inside every bound
