@@ -445,21 +445,9 @@ class EventInterface:
         two formats mean two submits, one after the other, each waiting up
         to ``sync_timeout``.
         """
-        if attrs is not None or vals is not None:
-            params = _zip_attrs(params, attrs, vals)
-        if message_id is not None:
-            check_message_id(message_id)
-        try:
-            sockets = self.subscriptions.get(event)
-        except TypeError:  # unhashable: check_event_name says what is wrong
-            sockets = ()
+        params, sockets, message_id = self._addressed(event, params, attrs, vals, message_id)
         if not sockets:
-            # Still validated: a typo in an event name should fail in tests
-            # even when nobody has subscribed yet.
-            check_event_name(event)
-            return RaiseResult(event, (), message_id or "")
-        if message_id is None:
-            message_id = new_message_id()
+            return RaiseResult(event, (), message_id)
         settings = self.settings
         body_format = settings.format
         for socket in sockets:
@@ -502,19 +490,9 @@ class EventInterface:
         transport = self._transport
         if not self.settings.sync_mode or transport is None:
             return self.raise_event(event, params, attrs=attrs, vals=vals, message_id=message_id)
-        if attrs is not None or vals is not None:
-            params = _zip_attrs(params, attrs, vals)
-        if message_id is not None:
-            check_message_id(message_id)
-        try:
-            sockets = self.subscriptions.get(event)
-        except TypeError:
-            sockets = ()
+        params, sockets, message_id = self._addressed(event, params, attrs, vals, message_id)
         if not sockets:
-            check_event_name(event)
-            return RaiseResult(event, (), message_id or "")
-        if message_id is None:
-            message_id = new_message_id()
+            return RaiseResult(event, (), message_id)
         steps = self._submissions(event, params, sockets, message_id)
         statuses = None
         try:
@@ -524,6 +502,26 @@ class EventInterface:
                                                    message_id)
         except StopIteration as done:
             return done.value
+
+    def _addressed(self, event: str, params: Params | None, attrs, vals, message_id: str | None):
+        """What both raises do first: *params* from *attrs*/*vals*, *message_id*
+        checked, the subscribers looked up. Returns ``(params, sockets,
+        message_id)``; with subscribers the id is made if none was given, without
+        them it is the given one or ``""`` (nothing is sent to carry it)."""
+        if attrs is not None or vals is not None:
+            params = _zip_attrs(params, attrs, vals)
+        if message_id is not None:
+            check_message_id(message_id)
+        try:
+            sockets = self.subscriptions.get(event)
+        except TypeError:  # unhashable: check_event_name says what is wrong
+            sockets = ()
+        if not sockets:
+            # Still validated: a typo in an event name should fail in tests
+            # even when nobody has subscribed yet.
+            check_event_name(event)
+            return params, (), message_id or ""
+        return params, sockets, message_id or new_message_id()
 
     def _raise_formats(self, event: str, params,
                        sockets: tuple[RabbitMQSocket, ...], message_id: str) -> RaiseResult:
