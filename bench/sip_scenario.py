@@ -10,9 +10,10 @@ response-time percentiles.  It does not consume the queue.
 consumes every event and returns the exactness figures too: duplicate
 events, answered MESSAGEs without their event, shed (503) MESSAGEs with one.
 
-    python -m bench.sip_scenario [--duration 10] [--runs 3] [--overload 2.0] [--json FILE]
+    python -m bench.sip_scenario [--limit 32] [--duration 10] [--runs 3] [--overload 2.0] [--json FILE]
 
-starts its own private broker, runs the ``-l 32`` scenario *runs* times, then
+starts its own private broker, runs the ``-l`` scenario *runs* times (``--limit 128``
+for the run sipp's clock does not cap), then
 the overload case at ``--overload`` times the best sustained events/s, and
 prints both.  Peer on this machine kind (shared/notes/perf-anchors.md):
 Kamailio 5.6 with its rabbitmq module, 3,100-3,500 events/s in the ``-l 32``
@@ -32,7 +33,9 @@ import workers
 from workers.demo import sipdemo
 from workers.demo.broker import PrivateBroker, delete_queue
 
-TARGET_EVENTS_PER_S = 7000
+# Events/s targets per sipp -l: with -l 32 sipp itself caps the scenario near 8,000/s
+# (its clock moves in 4 ms steps, docs/sip-demo.md); -l 128 lifts that cap.
+TARGET_EVENTS_PER_S = {32: 7000, 128: 22000}
 TARGET_P99_MS = 20
 
 
@@ -130,10 +133,15 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as out:
             json.dump(results, out, indent=2)
-    met = [f["events_per_s"] >= TARGET_EVENTS_PER_S and (f["p99_ms"] or 0) <= TARGET_P99_MS
-           for f in results["limit_runs"]]
-    print(f"-l {args.limit}: {sum(met)} of {len(met)} runs at >= {TARGET_EVENTS_PER_S:,} events/s with "
-          f"p99 <= {TARGET_P99_MS} ms (peer: Kamailio 5.6, 3,100-3,500 events/s)")
+    target = TARGET_EVENTS_PER_S.get(args.limit)
+    if target is None:
+        print(f"-l {args.limit}: no target set for this limit (targets: "
+              f"{', '.join(f'-l {k} {v:,}/s' for k, v in TARGET_EVENTS_PER_S.items())})")
+    else:
+        met = [f["events_per_s"] >= target and (f["p99_ms"] or 0) <= TARGET_P99_MS
+               for f in results["limit_runs"]]
+        print(f"-l {args.limit}: {sum(met)} of {len(met)} runs at >= {target:,} events/s with "
+              f"p99 <= {TARGET_P99_MS} ms (peer: Kamailio 5.6, 3,100-3,500 events/s at -l 32)")
     if results["overload"] is not None:
         f = results["overload"]
         print(f"overload: {f['duplicate_events']} duplicate events, "

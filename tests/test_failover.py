@@ -26,7 +26,7 @@ from workers.demo.broker import PrivateBroker, declare_queue, port_accepts
 from workers.rabbitmq.link import BrokerLink
 from helpers import SECRET, SECRET_USER, add_secret_user, wait_for
 from tcpproxy import TcpProxy
-from test_faults import assert_ids_kept, drain_queue, event_body, link_stats, settled, worker_logs
+from test_faults import assert_ids_kept, drain_queue, event_body, link_stats, raise_unconfirmed, settled, worker_logs
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
 
@@ -163,15 +163,7 @@ def test_events_in_flight_when_the_primary_goes_are_published_on_the_next_host_w
                                       reconnect_min=0.1, reconnect_max=0.5)
         evi.subscribe_event("E_MOVED", sock)
         with workers.serve(evi, install_logging=False) as service:
-            first = evi.raise_event("E_MOVED", {"rank": 0, "seq": 0})
-            wait_for(lambda: link_stats(service, label).get("confirmed") == 1, 5, "the first event confirmed")
-            proxy.set_mode("blackhole")
-            ids = {event_body("E_MOVED", 0, 0): first.message_id}
-            for seq in range(1, 51):
-                result = evi.raise_event("E_MOVED", {"rank": 0, "seq": seq})
-                assert result, result.failures
-                ids[event_body("E_MOVED", 0, seq)] = result.message_id
-            wait_for(lambda: link_stats(service, label).get("inflight") == 50, 5, "50 events written, unconfirmed")
+            ids = raise_unconfirmed(evi, service, label, "E_MOVED", proxy)
             primary.stop_app()  # the proxy passes the close on, and cannot reach the primary any more
             wait_for(lambda: (s := link_stats(service, label)).get("failovers") == 1
                      and s["endpoint"] == f"127.0.0.1:{secondary.port}" and s.get("confirmed") == 51

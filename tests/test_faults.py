@@ -196,6 +196,22 @@ def event_body(event: str, rank: int, seq: int) -> bytes:
     return b"%s\nrank::%d\nseq::%d\n" % (event.encode(), rank, seq)
 
 
+def raise_unconfirmed(evi, service, label: str, event: str, proxy, n: int = 50) -> dict:
+    """One event confirmed, then the proxy black-holed and *n* more raised and written but
+    never confirmed (the fault tests' "in flight when the connection goes" state).
+    Returns {body: message_id} for all n + 1."""
+    first = evi.raise_event(event, {"rank": 0, "seq": 0})
+    wait_for(lambda: link_stats(service, label).get("confirmed") == 1, 5, "the first event confirmed")
+    proxy.set_mode("blackhole")
+    ids = {event_body(event, 0, 0): first.message_id}
+    for seq in range(1, n + 1):
+        result = evi.raise_event(event, {"rank": 0, "seq": seq})
+        assert result, result.failures
+        ids[event_body(event, 0, seq)] = result.message_id
+    wait_for(lambda: link_stats(service, label).get("inflight") == n, 5, f"{n} events written, unconfirmed")
+    return ids
+
+
 def load_frontend(evi, event, rank, rate, seconds, results):
     """A front-end process: raise ``event`` at ``rate`` per second for ``seconds``; report what was
     accepted, with the message id each raise returned."""
@@ -318,15 +334,7 @@ def test_events_in_flight_when_the_broker_restarts_are_published_again_with_thei
         evi = opsevent.EventInterface(persistent=True, reconnect_min=0.1, reconnect_max=0.5, connect_timeout=1.0)
         evi.subscribe_event("E_AGAIN", sock)
         with workers.serve(evi, install_logging=False) as service:
-            first = evi.raise_event("E_AGAIN", {"rank": 0, "seq": 0})
-            wait_for(lambda: link_stats(service, label).get("confirmed") == 1, 5, "the first event confirmed")
-            proxy.set_mode("blackhole")
-            ids = {event_body("E_AGAIN", 0, 0): first.message_id}
-            for seq in range(1, 51):
-                result = evi.raise_event("E_AGAIN", {"rank": 0, "seq": seq})
-                assert result, result.failures
-                ids[event_body("E_AGAIN", 0, seq)] = result.message_id
-            wait_for(lambda: link_stats(service, label).get("inflight") == 50, 5, "50 events written, unconfirmed")
+            ids = raise_unconfirmed(evi, service, label, "E_AGAIN", proxy)
             b.stop_app()  # the proxy passes the broker's close on: the link loses its connection
             try:
                 wait_for(lambda: link_stats(service, label).get("connection_lost") == 1, 5, "the loss noticed")
