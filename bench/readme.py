@@ -25,7 +25,7 @@ COMMAND = "./run bench --json bench/results/latest.json"
 
 INTRO = """\
 ```sh
-./run bench --json bench/results/latest.json   # the full run, ~6 minutes on 2 cores
+./run bench --json bench/results/latest.json   # the full run, ~8 minutes on 2 cores
 ./run bench --smoke                            # every scenario once, tiny counts (CI runs it)
 ./run bench --only throughput,sync             # groups: throughput, sync, body, fanout, memory
 OPSEVENT_BENCH_SOCKET='rabbitmq:USER:PASSWORD@HOST:PORT/vhost=V;?opsevent-bench' ./run bench
