@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
+import tempfile
 import threading
 import time
 
@@ -129,6 +131,74 @@ def test_a_burst_beyond_the_pipe_overflows_into_the_buffer_and_arrives_in_order(
         got += [job.decode(payload)[5] for payload in jobs.receive(1000)]
     assert got == bodies and jobs.flush(1.0) == 0
     jobs.close()
+
+
+def fill_and_report(jobs, buffered_at_least, then, report):
+    """A front-end: put 1,000-byte jobs until some wait in its buffer, report (put, buffered), then *then*."""
+    put = 0
+    while jobs.unsent() < buffered_at_least:
+        assert jobs.put([b"%06d" % put, b"x" * 1000])
+        put += 1
+    time.sleep(0.2)  # the feeder is stuck on a full pipe: the count is final
+    report.send((put, jobs.unsent()))
+    then()
+
+
+def drain_count(jobs, expected, timeout=20.0) -> int:
+    """Read jobs until *expected* came or *timeout* passed; how many came."""
+    got, deadline = 0, time.monotonic() + timeout
+    while got < expected and time.monotonic() < deadline:
+        got += len(jobs.receive(1000))
+    return got
+
+
+def test_a_front_end_killed_with_jobs_in_its_buffer_has_them_counted_as_lost_and_their_slots_freed():
+    jobs = JobQueue(FORK, maxsize=10**6)
+    recv, send = FORK.Pipe(False)
+    child = FORK.Process(target=fill_and_report,
+                         args=(jobs, 100, lambda: os.kill(os.getpid(), signal.SIGKILL), send))
+    child.start()
+    assert recv.poll(30)
+    put, buffered = recv.recv()
+    child.join(10)
+    assert child.exitcode == -signal.SIGKILL and buffered >= 100
+    assert jobs.depth() == put  # before: the dead process's buffered jobs still hold their slots
+    jobs.attach_reader()
+    assert jobs.reclaim_dead_writers() == buffered and jobs.lost_buffered() == buffered
+    assert jobs.reclaim_dead_writers() == 0  # once only
+    assert drain_count(jobs, put - buffered) == put - buffered
+    assert jobs.depth() == 0 and jobs.receive(1000) == []
+    assert jobs._slots.get_value() == jobs.maxsize  # every slot back, none twice
+    jobs.close()
+
+
+def test_a_live_front_end_keeps_its_slots_and_one_that_spooled_its_buffer_is_not_counted_twice():
+    with tempfile.TemporaryDirectory() as spool:
+        jobs = JobQueue(FORK, maxsize=10**6, spool_dir=spool)
+        alive_recv, alive_send = FORK.Pipe(False)
+        gone_recv, gone_send = FORK.Pipe(False)
+        release = FORK.Event()
+        alive = FORK.Process(target=fill_and_report, args=(jobs, 50, lambda: release.wait(30), alive_send))
+        alive.start()
+        assert alive_recv.poll(30)
+        alive_put, alive_buffered = alive_recv.recv()
+        # The pipe is full: every job of the second goes to its buffer, then to a spool file at exit.
+        gone = FORK.Process(target=fill_and_report, args=(jobs, 50, jobs.spool_unsent, gone_send))
+        gone.start()
+        assert gone_recv.poll(30)
+        gone_put, gone_buffered = gone_recv.recv()
+        gone.join(10)
+        assert gone.exitcode == 0 and gone_buffered == gone_put
+        jobs.attach_reader()
+        assert jobs.reclaim_dead_writers() == 0 and jobs.lost_buffered() == 0  # one alive, one handed over
+        release.set()
+        alive.join(10)  # exits without handing its buffer over (nothing read meanwhile: it is unchanged)
+        assert alive.exitcode == 0
+        assert jobs.reclaim_dead_writers() == alive_buffered
+        expected = alive_put - alive_buffered + gone_put
+        assert drain_count(jobs, expected) == expected and jobs.unspooled == gone_put
+        assert jobs.depth() == 0 and jobs._slots.get_value() == jobs.maxsize
+        jobs.close()
 
 
 def test_a_big_job_crosses_the_pipe_in_several_frames_and_comes_back_whole():

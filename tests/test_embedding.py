@@ -248,6 +248,20 @@ def test_a_forked_process_exits_at_once_and_hands_its_buffered_jobs_to_a_stalled
                                     for n in range(result["accepted"]))
 
 
+def test_jobs_in_the_buffer_of_a_process_killed_with_sigkill_are_counted_logged_and_free_their_slots(
+        broker, clean_queue):
+    result = run_app("killed", broker.socket(clean_queue))
+    assert result["child_exit"] == -signal.SIGKILL and result["buffered"] >= 50
+    assert result["lost_with_dead_frontends"] == result["buffered"], result
+    assert result["confirmed"] == result["accepted"] - result["buffered"]
+    assert result["depth"] == 0, result  # no slot leaked
+    assert (f"died with {result['buffered']} queued events in its buffer, unsent (killed before it could "
+            f"hand them over): lost; their queue slots are free again") in result["stderr"]
+    bodies = consume(broker, clean_queue, result["confirmed"], timeout=15)
+    assert sorted(bodies) == sorted(b"E_EMBED\nn::%d\npad::%s\n" % (n, b"x" * 3500)
+                                    for n in range(result["accepted"] - result["buffered"]))
+
+
 def test_jobs_a_process_cannot_hand_over_at_exit_are_counted_logged_and_free_their_slots(broker, clean_queue):
     result = run_app("drop", broker.socket(clean_queue))
     assert result["child_exit"] == 0 and result["buffered"] >= 50

@@ -149,6 +149,36 @@ def test_with_the_broker_down_and_a_tiny_backlog_recycled_workers_lose_nothing_t
     assert stats["unspooled"] > 0  # recycled workers did exit with buffered jobs, and handed them over
 
 
+def test_gunicorn_workers_killed_with_jobs_in_their_buffers_lose_exactly_what_is_counted_and_no_queue_slot(
+        web_broker, queue, tmp_path):
+    # The broker down and big events: the RabbitMQ worker stops reading at its backlog, the pipe
+    # fills and each gunicorn worker's next jobs wait in its own buffer. Then every gunicorn worker
+    # is SIGKILLed (as a timeout or the OOM killer would): what they buffered is lost, and must be
+    # exactly what the RabbitMQ worker counts, with every queue slot back.
+    pad, down_requests = 3500, 3000  # 10.8 MB of jobs: more than the pipe (8 MiB at most) and the backlog
+    settings = {"queue_size": 100_000, "backlog_size": 50, "backlog_age": 120.0}
+    with Server.gunicorn(tmp_path, web_broker.socket(queue), settings=settings, pad=pad) as server:
+        rabbitmq_worker = wait_for(lambda: server.stats().get("pid"), 10, "the RabbitMQ worker's first stats")
+        web_broker.stop_app()
+        try:
+            down = load(server, range(down_requests))
+            killed = children(server.proc.pid) - {rabbitmq_worker}
+            assert len(killed) == 4, killed
+            for pid in killed:
+                os.kill(pid, signal.SIGKILL)
+        finally:
+            web_broker.start_app()
+        stats = wait_for(lambda: (s := server.stats()).get("queue_depth") == 0 and s.get("held") == 0
+                         and s.get("outstanding") == 0 and s, 60, "every job left published or counted")
+        assert server.stop() == 0
+    lost = stats["lost_with_dead_frontends"]
+    assert lost > 0 and stats["pid"] == rabbitmq_worker  # the scenario happened; the worker lived on
+    assert all(status == 200 for status, _ in down.values())
+    assert server.log().count("queued events in its buffer, unsent (killed before it could hand them over)") \
+        == len([pid for pid in killed if f"process {pid} died with" in server.log()]) > 0
+    assert len(_missing(web_broker, queue, down, pad=pad)) == lost
+
+
 def test_gthread_with_32_threads_gets_every_sync_status_without_a_false_timeout(web_broker, queue, tmp_path):
     with Server.gunicorn(tmp_path, web_broker.socket(queue), settings=SYNC, workers=2, worker_class="gthread",
                          threads=32) as server:
@@ -191,11 +221,20 @@ def test_serve_at_import_without_preload_gives_each_gunicorn_worker_its_own_and_
     assert "Exception ignored" not in server.log()
 
 
-def _missing(broker, queue, answered) -> set:
+def children(pid: int) -> set[int]:
+    """The pids of *pid*'s child processes."""
+    found = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            found |= {int(child) for child in f.read().split()}
+    return found
+
+
+def _missing(broker, queue, answered, pad: int = 0) -> set:
     """Ids answered 200 whose event is not in the queue (each present one exactly once, byte-exact)."""
     from servers import expected_body
     from workers.demo.broker import consume, queue_count
-    wanted = {expected_body(i, int(body)): i for i, (status, body) in answered.items() if status == 200}
+    wanted = {expected_body(i, int(body), pad): i for i, (status, body) in answered.items() if status == 200}
     got = []
     try:
         got = consume(broker, queue, len(wanted), timeout=5)

@@ -18,6 +18,9 @@ stops its service itself.
     ``handover``: the child hands its buffer over in a spool file and exits
     at once.  ``drop``: the spool folder is gone, so the child counts its
     buffer as dropped_at_exit, logs it and frees the slots.
+``killed``
+    As ``handover``, but the child SIGKILLs itself instead of exiting: its
+    buffer is lost, and the worker must count it and free its slots.
 """
 
 import json
@@ -67,7 +70,7 @@ def scenario_reaper(socket_text):
             "lost": stats["lost_with_dead_workers"], "worker_starts": stats["worker_starts"]}
 
 
-def scenario_overflow(socket_text, spool):
+def scenario_overflow(socket_text, spool, killed=False):
     evi = opsevent.EventInterface(queue_size=100_000, drain_timeout=2.0)
     evi.subscribe_event("E_EMBED", socket_text)
     service = workers.serve(evi, quiet_pika=True)
@@ -84,6 +87,8 @@ def scenario_overflow(socket_text, spool):
             accepted += 1
         os.write(w, json.dumps({"accepted": accepted, "buffered": evi.transport._queue.unsent()}).encode())
         os.close(w)
+        if killed:
+            os.kill(os.getpid(), signal.SIGKILL)  # nothing runs: no atexit, no spool file
         sys.exit(0)  # atexit hands the buffer over, or counts it
     os.close(w)
     if not spool:
@@ -93,13 +98,18 @@ def scenario_overflow(socket_text, spool):
     _unused, status = os.waitpid(child, 0)  # the worker is still stopped
     exited_in = time.monotonic() - t0
     os.kill(worker, signal.SIGCONT)
-    _wait(lambda: service.stats().get("queue_depth") == 0 and service.stats().get("outstanding") == 0, 20)
+    resumed = time.time()  # stats written before the stop said 0 too: wait for newer ones
+
+    def settled():
+        stats = service.stats()
+        return stats.get("time", 0) > resumed and stats.get("queue_depth") == 0 and stats.get("outstanding") == 0
+    _wait(settled, 20)
     time.sleep(1.2)  # the child's last report reaches the stats
     stats = service.stats()
     service.stop()
     (row,) = stats["subscriptions"]
     return {**report, "child_exit": os.waitstatus_to_exitcode(status), "exited_in": exited_in,
-            "confirmed": row["confirmed"],
+            "confirmed": row["confirmed"], "lost_with_dead_frontends": stats["lost_with_dead_frontends"],
             "dropped_at_exit": row["dropped_at_exit"], "raised": row["raised"], "depth": stats["queue_depth"]}
 
 
@@ -119,6 +129,8 @@ def main():
         result = scenario_overflow(socket_text, spool=True)
     elif scenario == "drop":
         result = scenario_overflow(socket_text, spool=False)
+    elif scenario == "killed":
+        result = scenario_overflow(socket_text, spool=True, killed=True)
     else:
         raise SystemExit(f"unknown scenario {scenario!r}")
     print(json.dumps(result))

@@ -43,6 +43,18 @@ per-process overflow buffer and feeder thread when it has not.
   worker reads spool files like the pipe, after reading what the pipe holds
   (the exited process's earlier jobs are there), so order is kept.  Their
   slots stay taken until the worker reads them, like jobs in the pipe.
+* A process SIGKILLed with jobs in its overflow buffer hands nothing over;
+  what frees their slots is the writers' table, one more piece of shared
+  memory made pre-fork.  A process claims an entry (its pid and start time)
+  the first time it buffers a job and keeps there how many of its buffered
+  jobs hold a slot with no frame in the pipe yet, lowering the count before
+  a write and raising it after one that failed, so a kill between the two can
+  leak a slot but never free one twice.  The reader looks at the table
+  about once a second (``reclaim_dead_writers()``): an entry whose process
+  is gone (no such pid, a zombie, or a newer process with that pid) has its
+  slots freed and its jobs counted as ``lost_with_dead_frontends`` and
+  logged.  A job partly in the pipe is not in the count: its torn frames
+  are dropped and its slot freed as for any writer that died half-way.
 * The ledger, a few counters in shared memory made pre-fork, says what the
   reader holds: jobs it took out of the pipe (``taken``) and jobs it is done
   with (``finished``, counted by the worker).  If the reader dies, the
@@ -75,7 +87,11 @@ _CHUNK = _PIPE_BUF - _HEADER.size
 _STALE_PARTIAL = 10.0  # seconds after which an unfinished multi-frame job is dropped
 _WANTED_PIPE_SIZE = 8 << 20
 _F_SETPIPE_SZ, _F_GETPIPE_SZ = 1031, 1032
-TAKEN, FINISHED, LOST, READERS, SPOOLED = range(5)  # the ledger's u64 counters
+TAKEN, FINISHED, LOST, READERS, SPOOLED, DEAD_WRITERS = range(6)  # the ledger's u64 counters
+# The writers' table: WRITERS entries of (pid, start time in clock ticks since boot, slots held).
+WRITERS = 256  # processes that have buffered jobs and may still be alive; more go unwatched (logged)
+_PID, _START, _HELD = range(3)
+RECLAIM_EVERY = 1.0  # seconds between two looks at the writers' table
 SPOOL_LOOK_EVERY = 1.0  # seconds between two looks at the spool folder when no writer said it wrote
 
 
@@ -89,6 +105,7 @@ class _Local:
         self.wake = threading.Condition(self.lock)
         self.overflow: collections.deque[list[bytes]] = collections.deque()
         self.feeder: threading.Thread | None = None
+        self.entry = -1  # its index in the writers' table (u64 offset), once it has buffered a job
 
 
 class JobQueue:
@@ -103,6 +120,10 @@ class JobQueue:
         self._slots = ctx.Semaphore(maxsize)
         self._ledger_map = mmap.mmap(-1, mmap.PAGESIZE)  # anonymous and shared: inherited by the fork
         self.ledger = memoryview(self._ledger_map).cast("Q")
+        self._writers_map = mmap.mmap(-1, WRITERS * 3 * 8)  # the writers' table, shared like the ledger
+        self.writers = memoryview(self._writers_map).cast("Q")
+        self._writers_lock = ctx.Lock()  # only to claim an entry, once per process that buffers
+        self._reclaim_look = 0.0  # worker side: when it last looked at the writers' table
         self.on_first_overflow = None  # called in a process the first time it buffers a job
         self._local: _Local | None = None
         self._local_lock = threading.Lock()
@@ -142,11 +163,14 @@ class JobQueue:
                         return True
             local.overflow.append(frames)
             if local.feeder is None:
+                self._claim_entry(local)
                 local.feeder = threading.Thread(target=self._feed, args=(local,), name="opsevent-feeder",
                                                 daemon=True)
                 local.feeder.start()
                 if self.on_first_overflow is not None:
                     self.on_first_overflow()
+            if local.entry >= 0 and _HEADER.unpack_from(frames[0])[2] == 0:
+                self.writers[local.entry + _HELD] += 1  # after the append: a kill in between leaks, never frees twice
             local.wake.notify()
         return True
 
@@ -170,7 +194,13 @@ class JobQueue:
             with local.lock:
                 while not local.overflow:
                     local.wake.wait()
-                left = _write_some(fd, local.overflow[0])
+                entry = local.overflow[0]
+                fresh = local.entry >= 0 and _HEADER.unpack_from(entry[0])[2] == 0
+                if fresh:  # its slot passes to the pipe with its first frame: count it out first
+                    self.writers[local.entry + _HELD] -= 1
+                left = _write_some(fd, entry)
+                if fresh and len(left) == len(entry):
+                    self.writers[local.entry + _HELD] += 1  # nothing written: still ours
                 if left:
                     local.overflow[0] = left
                 else:
@@ -206,6 +236,8 @@ class JobQueue:
             name = os.path.join(self.spool_dir, f"{time.time():.6f}-{local.pid}-{next(local.ids)}")
             with open(name + ".tmp", "wb") as f:
                 f.write(b"".join(frames))
+            if local.entry >= 0:
+                self.writers[local.entry + _HELD] = 0  # the file will hold their slots (a kill now leaks them)
             os.rename(name + ".tmp", name + ".jobs")  # whole, or not there
             count = len(local.overflow)
             local.overflow.clear()
@@ -223,6 +255,8 @@ class JobQueue:
             return []
         with local.lock:
             entries, local.overflow = list(local.overflow), collections.deque()
+            if local.entry >= 0:
+                self.writers[local.entry + _HELD] = 0  # before the releases below
         payloads = []
         for frames in entries:
             if _HEADER.unpack_from(frames[0])[2] != 0:
@@ -230,6 +264,27 @@ class JobQueue:
             payloads.append(b"".join(frame[_HEADER.size:] for frame in frames))
             self._slots.release()
         return payloads
+
+    def _claim_entry(self, local: _Local) -> None:
+        """This process's entry in the writers' table, claimed the first time it buffers a job."""
+        start = _start_time(local.pid)
+        if start is None or not self._writers_lock.acquire(timeout=1.0):
+            log.warning("the job queue could not register process %d's overflow buffer: if it is "
+                        "killed with jobs buffered, their queue slots stay taken", local.pid)
+            return
+        try:
+            table = self.writers
+            for at in range(0, len(table), 3):
+                if table[at + _PID] == 0:
+                    table[at + _HELD] = 0
+                    table[at + _START] = start
+                    table[at + _PID] = local.pid  # last: the reader skips entries without a pid
+                    local.entry = at
+                    return
+        finally:
+            self._writers_lock.release()
+        log.warning("the job queue's table of %d processes with buffered jobs is full: if process %d "
+                    "is killed with jobs buffered, their queue slots stay taken", WRITERS, local.pid)
 
     def flush(self, timeout: float) -> int:
         """Wait while the worker takes this process's buffered jobs; return how many are left.
@@ -275,6 +330,38 @@ class JobQueue:
     def lost(self) -> int:
         """Jobs that died with their readers, in all."""
         return self.ledger[LOST]
+
+    def reclaim_dead_writers(self, now: float | None = None) -> int:
+        """Worker side: free the slots of jobs buffered by processes gone without handing them over.
+
+        Looks at most every ``RECLAIM_EVERY`` seconds (pass ``now=None`` to look
+        now).  Returns how many jobs were lost this time; they are counted in
+        ``lost_buffered()`` and logged.
+        """
+        if now is not None:
+            if now - self._reclaim_look < RECLAIM_EVERY:
+                return 0
+            self._reclaim_look = now
+        table, lost = self.writers, 0
+        for at in range(0, len(table), 3):
+            pid = table[at + _PID]
+            if pid == 0 or _start_time(pid) == table[at + _START]:
+                continue  # free, or its process still runs
+            held = table[at + _HELD]
+            table[at + _HELD] = 0
+            table[at + _PID] = 0  # last: free for a claimer (no lock: nobody else writes a dead process's entry)
+            if held:
+                for _ in range(held):
+                    self._slots.release()
+                lost += held
+                self.ledger[DEAD_WRITERS] += held
+                log.error("process %d died with %d queued events in its buffer, unsent (killed before it "
+                          "could hand them over): lost; their queue slots are free again", pid, held)
+        return lost
+
+    def lost_buffered(self) -> int:
+        """Jobs that died in the buffers of processes killed before they could hand them over, in all."""
+        return self.ledger[DEAD_WRITERS]
 
     def receive(self, limit: int) -> list:
         """Up to ``limit`` whole job payloads; never waits for one.
@@ -409,6 +496,18 @@ def _wait_for(fd: int, event: int) -> None:
     poller = select.poll()
     poller.register(fd, event)
     poller.poll(1000)
+
+
+def _start_time(pid: int) -> int | None:
+    """When *pid* started (clock ticks since boot); None if there is no such process, or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
 
 
 def _bytes_in(fd: int) -> int:

@@ -286,7 +286,7 @@ BROKER_ORDER = ["state", "blocked", "pending", "inflight", "published", "confirm
 SUBSCRIPTION_ORDER = ["raised", "queued", "published", "confirmed", "nacked", "unroutable", "failed",
                       "timeout", "dropped_queue_full", "dropped_expired", "too_large", "dropped_at_exit"]
 TOTALS_ORDER = ["jobs", "outstanding", "queue_depth", "held", "queued", "confirmed", "nacked", "unroutable",
-                "failed", "timeout", "replies_lost", "lost_with_dead_workers"]
+                "failed", "timeout", "replies_lost", "lost_with_dead_workers", "lost_with_dead_frontends"]
 _NOT_TOTALS = {"pid", "time", "brokers", "subscriptions", "sync_wait"}
 _HISTOGRAMS = {"confirm_latency"}  # per broker: shown in the latency table, not as a column
 

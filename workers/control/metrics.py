@@ -67,6 +67,8 @@ TOTALS = {
                      "Sync replies that could not be delivered (the caller was gone or had given up)."),
     "lost_with_dead_workers": ("opsevent_lost_with_dead_workers", "counter",
                                "Jobs a killed RabbitMQ worker had taken and not seen confirmed."),
+    "lost_with_dead_frontends": ("opsevent_lost_with_dead_frontends", "counter",
+                                 "Jobs lost in the buffers of processes killed before they could hand them over."),
     "unspooled": ("opsevent_unspooled_jobs", "counter",
                   "Jobs handed over in spool files by processes that exited with jobs buffered."),
     "worker_starts": ("opsevent_worker_starts", "counter", "RabbitMQ worker processes started by the service."),

@@ -334,6 +334,7 @@ class RabbitMQWorker:
             self.stop_requested = True
         for link in self.links.values():
             link.sweep(now)
+        self.jobs.reclaim_dead_writers(now)
         if self.reading and self.jobs.spooled():
             self._on_jobs(None, None)  # spool files wake no poller
         for tally in self._failures.values():
@@ -352,7 +353,8 @@ class RabbitMQWorker:
         return {"pid": os.getpid(), "time": time.time(), "outstanding": self.outstanding, **self.stats,
                 "queue_depth": self.jobs.depth(), "replies_sent": self.replier.sent,
                 "replies_lost": self.replier.lost, "held": self.jobs.held(), "unspooled": self.jobs.unspooled,
-                "lost_with_dead_workers": self.jobs.lost(), "worker_starts": self.jobs.readers(),
+                "lost_with_dead_workers": self.jobs.lost(), "lost_with_dead_frontends": self.jobs.lost_buffered(),
+                "worker_starts": self.jobs.readers(),
                 "brokers": {link.label: link.snapshot() for link in self.links.values()},
                 "subscriptions": self.subscriptions.rows(), "sync_wait": self.sync_wait.snapshot()}
 
