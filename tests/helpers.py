@@ -12,15 +12,17 @@ from workers.demo import procstat
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
-    """Poll ``predicate`` until it is true; return its value, or fail saying what and the last value."""
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.05, show=None):
+    """Poll ``predicate`` until it is true; return its value, or fail saying what and the last
+    value (and what ``show()`` returns then: the state a bare False would hide)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise AssertionError(f"{what}: not within {timeout:g} s (last: {value!r})")
+            shown = f"; {show()!r}" if show is not None else ""
+            raise AssertionError(f"{what}: not within {timeout:g} s (last: {value!r}{shown})")
         time.sleep(interval)
 
 

@@ -207,7 +207,9 @@ def run_fault(cluster, fault: Fault, queue: str) -> tuple[Outcome, list]:
             raised, accepted, times, sync, sync_longest = load.finish()
         undo.join(90)
         assert back, f"{fault.undo} of {victim.node} failed or took over 90 s"
-        wait_for(lambda: settled(service, label), 30, "everything published after the fault")
+        # Bounded, and generous: a quorum queue's leader may move again as the node rejoins.
+        wait_for(lambda: settled(service, label), 60, "everything published after the fault",
+                 show=lambda: link_stats(service, label))
     messages = consume(first, queue, queue_count(first, queue), timeout=30, properties=True)
     cluster.delete_queue(queue)
     return Outcome(raised, accepted, times, sync, sync_longest, faulted_at, back[0] - faulted_at,
