@@ -255,8 +255,8 @@ def test_jobs_in_the_buffer_of_a_process_killed_with_sigkill_are_counted_logged_
     assert result["lost_with_dead_frontends"] == result["buffered"], result
     assert result["confirmed"] == result["accepted"] - result["buffered"]
     assert result["depth"] == 0, result  # no slot leaked
-    assert (f"died with {result['buffered']} queued events in its buffer, unsent (killed before it could "
-            f"hand them over): lost; their queue slots are free again") in result["stderr"]
+    assert (f"ended with {result['buffered']} queued events in its buffer, never handed over (killed, or it "
+            f"exited without its at-exit hand-over): lost; their queue slots are free again") in result["stderr"]
     bodies = consume(broker, clean_queue, result["confirmed"], timeout=15)
     assert sorted(bodies) == sorted(b"E_EMBED\nn::%d\npad::%s\n" % (n, b"x" * 3500)
                                     for n in range(result["accepted"] - result["buffered"]))

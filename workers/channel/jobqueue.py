@@ -169,7 +169,7 @@ class JobQueue:
                 local.feeder.start()
                 if self.on_first_overflow is not None:
                     self.on_first_overflow()
-            if local.entry >= 0 and _HEADER.unpack_from(frames[0])[2] == 0:
+            if local.entry >= 0 and _unbegun(frames):
                 self.writers[local.entry + _HELD] += 1  # after the append: a kill in between leaks, never frees twice
             local.wake.notify()
         return True
@@ -195,7 +195,7 @@ class JobQueue:
                 while not local.overflow:
                     local.wake.wait()
                 entry = local.overflow[0]
-                fresh = local.entry >= 0 and _HEADER.unpack_from(entry[0])[2] == 0
+                fresh = local.entry >= 0 and _unbegun(entry)
                 if fresh:  # its slot passes to the pipe with its first frame: count it out first
                     self.writers[local.entry + _HELD] -= 1
                 left = _write_some(fd, entry)
@@ -259,7 +259,7 @@ class JobQueue:
                 self.writers[local.entry + _HELD] = 0  # before the releases below
         payloads = []
         for frames in entries:
-            if _HEADER.unpack_from(frames[0])[2] != 0:
+            if not _unbegun(frames):
                 continue  # its first frames are in the pipe
             payloads.append(b"".join(frame[_HEADER.size:] for frame in frames))
             self._slots.release()
@@ -355,8 +355,9 @@ class JobQueue:
                     self._slots.release()
                 lost += held
                 self.ledger[DEAD_WRITERS] += held
-                log.error("process %d died with %d queued events in its buffer, unsent (killed before it "
-                          "could hand them over): lost; their queue slots are free again", pid, held)
+                log.error("process %d ended with %d queued events in its buffer, never handed over (killed, "
+                          "or it exited without its at-exit hand-over): lost; their queue slots are free again",
+                          pid, held)
         return lost
 
     def lost_buffered(self) -> int:
@@ -479,6 +480,12 @@ def _frames(data: bytes, job_id: int) -> list[bytes]:
     count = (len(data) + _CHUNK - 1) // _CHUNK or 1
     return [_HEADER.pack(len(chunk), job_id, index, count) + chunk
             for index, chunk in ((i, data[i * _CHUNK:(i + 1) * _CHUNK]) for i in range(count))]
+
+
+def _unbegun(frames: list[bytes]) -> bool:
+    """Whether none of a buffered job's frames is in the pipe yet (its first left is frame 0):
+    then its slot is the buffer's, else the pipe's."""
+    return _HEADER.unpack_from(frames[0])[2] == 0
 
 
 def _write_some(fd: int, frames: list[bytes]) -> list[bytes]:

@@ -523,13 +523,18 @@ class BrokerLink:
 
     def _finish_rechannel(self, now: float) -> None:
         """Close the nacking channel once what it was given is settled, or the wait is over."""
-        if self.inflight and now < self._channel_deadline:
+        # No close-ok from a stuck broker: the connection is dropped (all is requeued; the next host is tried).
+        self._close_when_settled(self._channel, self._channel_deadline, now, "no close-ok for a nacking channel")
+
+    def _close_when_settled(self, closable, deadline: float, now: float, no_close_ok: str) -> None:
+        """Close *closable* (a channel or the connection) once nothing is in flight or *deadline*
+        has passed; if its close-ok has not come a connect_timeout later, drop the connection."""
+        if self.inflight and now < deadline:
             return
-        if self._channel.is_open:
-            self._channel.close()
-        elif now >= self._channel_deadline + self.settings.connect_timeout and not self._channel.is_closed:
-            # No close-ok from a stuck broker: drop the connection (all is requeued; the next host is tried).
-            drop(self._conn, exceptions.StreamLostError("no close-ok for a nacking channel"))
+        if closable.is_open:
+            closable.close()
+        elif now >= deadline + self.settings.connect_timeout and not closable.is_closed:
+            drop(self._conn, exceptions.StreamLostError(no_close_ok))
 
     def _reopen_channel_later(self) -> None:
         """The nacking channel is closed: requeue its items, open a fresh channel after a back-off."""
@@ -605,13 +610,9 @@ class BrokerLink:
 
     def _finish_switch(self, now: float) -> None:
         """Close the failover host's connection once its publishes are confirmed, or the wait is over."""
-        if self.inflight and now < self._switch_deadline:
-            return
-        if self._conn.is_open:
-            self._conn.close()
-        elif now >= self._switch_deadline + self.settings.connect_timeout and not self._conn.is_closed:
-            # No close-ok from a silent broker: drop the connection (what is in flight is requeued).
-            drop(self._conn, exceptions.StreamLostError("no close-ok while switching to the primary"))
+        # No close-ok from a silent broker: the connection is dropped (what is in flight is requeued).
+        self._close_when_settled(self._conn, self._switch_deadline, now,
+                                 "no close-ok while switching to the primary")
 
     def _expire_sync(self, now: float) -> None:
         for items in (self.pending, self._nacked.values(), self.inflight.values()):
