@@ -11,6 +11,7 @@ import threading
 import time
 
 import hypothesis
+import pytest
 import hypothesis.strategies as st
 
 from opsevent import Status, parse_socket
@@ -223,6 +224,23 @@ def test_jobs_the_worker_reads_ahead_free_their_slots_so_a_dying_worker_takes_no
         assert sender.submit("E", (SOCKET,), b"again %d" % i, False, 1.0)[0][0] is Status.QUEUED
     assert jobs.depth() == 19  # nine read ahead and ten in the pipe
     jobs.close()
+
+
+@pytest.mark.parametrize("junk", [
+    b"\xff\xfe not UTF-8",
+    b"[[1, [[\"confirmed\", \"\"]]",  # cut short
+    b"5",  # JSON, not a list of replies
+    b"[[1, 5]]",  # statuses not a list
+    b"[[[1], []]]",  # a seq that is not a number
+    b"[1, 2]",  # replies not pairs
+])
+def test_a_malformed_reply_datagram_is_logged_and_ignored_and_the_callers_own_reply_still_comes(junk, caplog):
+    box, replier = ReplyBox(), Replier()
+    box.expect(1)
+    replier.sock.sendto(junk, box.address)
+    reply(replier, box.address, 1, (("confirmed", "the real one"),))
+    assert box.wait(1, time.monotonic() + 2) == (("confirmed", "the real one"),)
+    assert f"ignored a malformed reply datagram ({len(junk)} bytes)" in caplog.text
 
 
 def test_a_reply_forged_by_another_users_process_is_dropped_and_the_real_one_is_read():
