@@ -153,6 +153,28 @@ def drain_count(jobs, expected, timeout=20.0) -> int:
     return got
 
 
+@hypothesis.settings(max_examples=15, deadline=None)
+@hypothesis.given(st.lists(st.integers(0, 3 * 4096), min_size=1, max_size=40))
+def test_buffered_jobs_of_any_sizes_leave_in_batched_writes_whole_and_in_order_and_give_back_every_slot(sizes):
+    jobs = JobQueue(FORK, maxsize=10**6)
+    filler = b"f" * 4000
+    while jobs.put([filler]) and not jobs.unsent():  # fill the pipe: what follows is buffered
+        pass
+    bodies = [b"%06d" % i + bytes([i % 251]) * size for i, size in enumerate(sizes)]
+    for body in bodies:
+        assert jobs.put([body])
+    local = jobs._here()
+    assert jobs.writers[local.entry + 2] == jobs.unsent()  # the writers' table: every buffered job's slot
+    jobs.attach_reader()
+    got, deadline = [], time.monotonic() + 20
+    while len(got) < len(bodies) and time.monotonic() < deadline:
+        got += [bytes(p) for p in jobs.receive(1000) if bytes(p) != filler]
+    assert got == bodies and jobs.unsent() == 0
+    assert jobs.writers[local.entry + 2] == 0 and jobs.depth() == 0
+    assert jobs._slots.get_value() == jobs.maxsize
+    jobs.close()
+
+
 def test_a_front_end_killed_with_jobs_in_its_buffer_has_them_counted_as_lost_and_their_slots_freed():
     jobs = JobQueue(FORK, maxsize=10**6)
     recv, send = FORK.Pipe(False)
