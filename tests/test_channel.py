@@ -56,10 +56,10 @@ def test_threads_waiting_on_one_reply_box_each_get_their_own_reply():
     for t in threads:
         t.start()
     for seq in reversed(range(1, 9)):
-        reply(replier, box.address, seq, ((f"status {seq}", ""),))
+        reply(replier, box.address, seq, (("confirmed", f"for seq {seq}"),))
     for t in threads:
         t.join(10)
-    assert got == {seq: ((f"status {seq}", ""),) for seq in range(1, 9)}
+    assert got == {seq: (("confirmed", f"for seq {seq}"),) for seq in range(1, 9)}
 
 
 def test_a_raise_on_a_full_queue_fails_at_once_in_both_modes():
@@ -255,6 +255,9 @@ def test_jobs_the_worker_reads_ahead_free_their_slots_so_a_dying_worker_takes_no
     b"[[1, 5]]",  # statuses not a list
     b"[[[1], []]]",  # a seq that is not a number
     b"[1, 2]",  # replies not pairs
+    b"[[1, [[\"bogus\", \"\"]]]]",  # a status that is none of ours
+    b"[[1, [[\"confirmed\", []]]]]",  # a reason that is not text
+    b"[[1, [[\"confirmed\", \"\", 3]]]]",  # a status that is not a pair
 ])
 def test_a_malformed_reply_datagram_is_logged_and_ignored_and_the_callers_own_reply_still_comes(junk, caplog):
     box, replier = ReplyBox(), Replier()

@@ -23,6 +23,7 @@ Theory of operation (OpenSIPS ``ipc.c``'s sync replies, without its hazard):
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import logging
 import math
@@ -33,6 +34,7 @@ import struct
 import threading
 import time
 
+from opsevent import Status
 from workers.base.tally import Tally
 
 log = logging.getLogger(__name__)
@@ -89,7 +91,7 @@ class ReplyBox:
             self._waiting.pop(seq, None)
 
     def wait(self, seq: int, deadline: float):
-        """Return the statuses for ``seq``, or ``None`` when ``deadline`` passes."""
+        """Return ``((Status, reason), ...)`` for ``seq``, or ``None`` when ``deadline`` passes."""
         lock = self._lock
         with lock:
             waiter = self._waiting[seq]
@@ -183,7 +185,7 @@ class ReplyBox:
                     if waiter is None or waiter.reply is not _PENDING:
                         self.discarded += 1
                         continue
-                    waiter.reply = tuple(map(tuple, statuses))
+                    waiter.reply = _statuses(tuple(map(tuple, statuses)))
                     if waiter.future is not None:
                         if waiter.loop is loop:
                             _resolve(waiter.future)  # its own loop's reader: no wake-up needed
@@ -191,7 +193,7 @@ class ReplyBox:
                             waiter.loop.call_soon_threadsafe(_resolve, waiter.future)
                     elif waiter.sleeping:
                         self._wake(waiter)
-            except (ValueError, TypeError):  # not UTF-8, not JSON, or not [[seq, statuses], ...]
+            except (ValueError, TypeError):  # not UTF-8, not JSON, or not [[seq, [[status, reason], ...]], ...]
                 log.warning("ignored a malformed reply datagram (%d bytes)", len(data))
 
     # ---- asyncio ------------------------------------------------------------------
@@ -247,6 +249,19 @@ def _resolve(future) -> None:
 
 
 _PENDING = object()
+
+
+@functools.lru_cache(maxsize=256)
+def _statuses(pairs: tuple) -> tuple:
+    """A reply's ``((status, reason), ...)`` as Statuses; ValueError or TypeError if it is not one.
+
+    Cached: replies repeat (all confirmed, mostly), and the same tuple each
+    time spares the caller building it and lets the EventInterface hand back
+    the result it built last time for it."""
+    answer = tuple((Status(code), reason) for code, reason in pairs)
+    if not all(type(reason) is str for _status, reason in answer):
+        raise TypeError("a reason that is not text")
+    return answer
 # json.loads without its checks for bytes and for trailing text: the worker
 # writes these datagrams (encode_replies) and a sync raise reads one each.
 _decode = json.JSONDecoder().raw_decode

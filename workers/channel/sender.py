@@ -127,7 +127,7 @@ class JobSender(Transport):
 
     def _sync_result(self, statuses, sockets, timeout, readers):
         if statuses is not None:
-            return _answer(statuses)
+            return statuses  # Statuses already (ReplyBox)
         if self._queue.readers() != readers:
             reason = (f"outcome unknown: no status within {timeout:g} s, and the RabbitMQ worker was replaced "
                       f"meanwhile; the event may or may not be published")
@@ -272,14 +272,6 @@ class _Counts:
             row = self.table.setdefault((event, hit[1]), {})
             row[what] = row.get(what, 0) + 1
         self.unsent = True
-
-
-@functools.lru_cache(maxsize=256)
-def _answer(statuses: tuple) -> tuple:
-    # A reply as Statuses. Replies repeat (all confirmed, mostly): the same
-    # tuple each time spares the caller building it, and lets the
-    # EventInterface hand back the result it built last time for it.
-    return tuple((Status(code), reason) for code, reason in statuses)
 
 
 @functools.lru_cache(maxsize=64)
