@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import multiprocessing
 import os
@@ -172,6 +173,23 @@ def test_buffered_jobs_of_any_sizes_leave_in_batched_writes_whole_and_in_order_a
     assert got == bodies and jobs.unsent() == 0
     assert jobs.writers[local.entry + 2] == 0 and jobs.depth() == 0
     assert jobs._slots.get_value() == jobs.maxsize
+    jobs.close()
+
+
+def test_a_big_job_whose_last_frame_waits_in_the_buffer_has_its_slot_counted_with_the_pipe_not_the_buffer():
+    jobs = JobQueue(FORK, maxsize=10)
+    fcntl.fcntl(jobs._write_fd, fcntl.F_SETPIPE_SZ, 4096)  # room for one whole frame
+    body = b"b" * 5000  # two frames: the first fills the pipe, the second is buffered
+    assert jobs.put([body])
+    local = jobs._here()
+    assert jobs.unsent() == 1
+    assert jobs.writers[local.entry + 2] == 0  # its slot went into the pipe with its first frame
+    jobs.attach_reader()
+    got, deadline = [], time.monotonic() + 10
+    while not got and time.monotonic() < deadline:
+        got = [bytes(p) for p in jobs.receive(10)]
+    assert got == [body] and jobs.unsent() == 0
+    assert jobs.writers[local.entry + 2] == 0 and jobs._slots.get_value() == jobs.maxsize
     jobs.close()
 
 

@@ -169,7 +169,7 @@ class JobQueue:
                 local.feeder.start()
                 if self.on_first_overflow is not None:
                     self.on_first_overflow()
-            if local.entry >= 0 and (len(frames) == 1 or _unbegun(frames)):
+            if local.entry >= 0 and _unbegun(frames):  # a big job partly written: its slot went with frame 0
                 self.writers[local.entry + _HELD] += 1  # after the append: a kill in between leaks, never frees twice
             local.wake.notify()
         return True
@@ -240,9 +240,12 @@ class JobQueue:
         return self.maxsize - self._slots.get_value() + len(self._ready)
 
     def unsent(self) -> int:
-        """Jobs of this process still in its overflow buffer."""
+        """Jobs of this process still in its overflow buffer (at least one frame not in the pipe)."""
         local = self._local
-        return len(local.overflow) if local is not None and local.pid == os.getpid() else 0
+        if local is None or local.pid != os.getpid():
+            return 0
+        with local.lock:  # the feeder writes, then takes off what it wrote: never count a job in both places
+            return len(local.overflow)
 
     def spool_unsent(self) -> int:
         """This process is exiting: write its buffered jobs to a spool file for the worker.
