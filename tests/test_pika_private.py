@@ -7,6 +7,8 @@ real connections to the session's private broker.
 
 from __future__ import annotations
 
+import errno
+import socket
 import time
 
 import pika
@@ -55,6 +57,28 @@ def test_an_open_connection_sends_through_us_and_drops_with_our_error(broker):
     pika_private.drop(conn, exceptions.StreamLostError("dropped by the test"))
     _turn(ioloop, lambda: "closed" in events)
     assert "dropped by the test" in str(events["closed"])
+
+
+def test_a_transport_set_up_on_a_socket_reset_after_its_connect_is_a_failure_told_to_pika_not_a_crash(broker):
+    # The race the guard is for: the peer resets the connection after the connect completed
+    # and before pika sets up the transport. A socket that is not connected is that state.
+    ioloop, conn = _open(broker)
+    unguarded = socket.socket()
+    with pytest.raises(ValueError, match="getpeername"):  # if pika stops raising, the guard can go
+        conn._nbio.create_streaming_connection(protocol_factory=lambda: None, sock=unguarded,
+                                               on_done=lambda result: None)
+    pika_private.guard_transport_setup(conn)
+    reset, results = socket.socket(), []
+    ref = conn._nbio.create_streaming_connection(protocol_factory=lambda: None, sock=reset,
+                                                 on_done=results.append)
+    assert callable(ref.cancel)  # the workflow may abort the attempt meanwhile
+    assert results == []  # told later, as pika tells it
+    _turn(ioloop, lambda: results)
+    assert isinstance(results[0], OSError) and results[0].errno == errno.ENOTCONN, results
+    assert reset.fileno() == -1  # pika closed it: the attempt leaks no socket
+    _turn(ioloop, lambda: conn.is_open)
+    conn.close()
+    _turn(ioloop, lambda: conn.is_closed)
 
 
 def test_a_refused_connect_is_told_as_a_tcp_connect_failure(broker):

@@ -74,7 +74,7 @@ from workers.rabbitmq import tls
 from workers.rabbitmq.amqp import Publisher
 from workers.rabbitmq.failback import PrimaryProbe
 from workers.rabbitmq.histogram import Histogram
-from workers.rabbitmq.pika_private import connect_failure, drop, send
+from workers.rabbitmq.pika_private import connect_failure, drop, guard_transport_setup, send
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +251,7 @@ class BrokerLink:
         self._conn = pika.SelectConnection(
             params, on_open_callback=self._on_open, on_open_error_callback=self._on_open_error,
             on_close_callback=self._on_closed, custom_ioloop=self.ioloop)
+        guard_transport_setup(self._conn)  # a reset right after the connect is a failed connect, not a crash
         self._conn.add_on_connection_blocked_callback(self._on_blocked)
         self._conn.add_on_connection_unblocked_callback(self._on_unblocked)
 

@@ -12,6 +12,14 @@ else in the project does (``tests/test_boundaries.py`` checks):
   in order.  TLS goes through pika.  Uses ``SelectConnection._transport``,
   ``_AsyncPlaintextTransport`` (``_tx_buffers``, ``_state``,
   ``_STATE_ACTIVE``, ``_sock``) and ``BaseConnection._adapter_emit_data``.
+* ``guard_transport_setup(conn)``: pika 1.4.4 raises out of the I/O loop
+  (a ``ValueError``, "Expected connected socket, but getpeername() failed")
+  when the peer resets a TCP connection between the connect's completion
+  and the transport's set-up: the worker died of it, with its events in
+  flight, when a broker restarted behind a proxy.  The guard reports that
+  failure to pika's connection workflow instead, which closes the attempt
+  and calls the open-error callback like any failed connect.  Uses
+  ``BaseConnection._nbio`` (its ``create_streaming_connection``).
 * ``drop(conn, error)``: end a connection without a close handshake (a
   frozen broker, a close-ok that never comes, a connect abandoned at
   shutdown); pika then calls the connection's close or open-error callback
@@ -44,8 +52,10 @@ from pika.adapters.utils import connection_workflow
 from pika.adapters.utils.connection_workflow import (AMQPConnectionWorkflowFailed, AMQPConnectorException,
                                                      AMQPConnectorPhaseErrorBase, AMQPConnectorSocketConnectError)
 from pika.adapters.utils.io_services_utils import _AsyncPlaintextTransport
+from pika.adapters.utils.selector_ioloop_adapter import SelectorIOServicesAdapter
 
-__all__ = ["CONNECT_ERRORS", "cause", "connect_failure", "drop", "missing", "send", "server_properties"]
+__all__ = ["CONNECT_ERRORS", "cause", "connect_failure", "drop", "guard_transport_setup", "missing", "send",
+           "server_properties"]
 
 _PLAINTEXT = _AsyncPlaintextTransport
 _ACTIVE = _PLAINTEXT._STATE_ACTIVE
@@ -66,6 +76,25 @@ def send(conn: pika.SelectConnection, data: bytes) -> None:
             return
         data = data[sent:]
     conn._adapter_emit_data(data)
+
+
+def guard_transport_setup(conn: pika.SelectConnection) -> None:
+    """Make a failed transport set-up on *conn* (just created) a failed connect, not an exception
+    out of ``IOLoop.poll()``."""
+    nbio = conn._nbio
+    create = nbio.create_streaming_connection
+
+    def create_streaming_connection(protocol_factory, sock, on_done, ssl_context=None, server_hostname=None):
+        try:
+            return create(protocol_factory=protocol_factory, sock=sock, on_done=on_done,
+                          ssl_context=ssl_context, server_hostname=server_hostname)
+        except (ValueError, OSError) as exc:  # pika has closed the socket
+            # Its ValueError wraps the OSError that says what happened (ENOTCONN after a reset).
+            error = exc.__context__ if isinstance(exc.__context__, OSError) else exc
+            # Later, as pika would: the workflow expects on_done after this call returns.
+            return nbio.call_later(0, lambda: on_done(error))
+
+    nbio.create_streaming_connection = create_streaming_connection
 
 
 def drop(conn: pika.SelectConnection, error: Exception) -> None:
@@ -119,6 +148,8 @@ _SIGNATURES = (
     (pika.SelectConnection, "_adapter_emit_data", ["self", "data"]),
     (pika.SelectConnection, "_terminate_stream", ["self", "error"]),
     (AMQPConnectionWorkflowFailed, "__init__", ["self", "exceptions"]),
+    (SelectorIOServicesAdapter, "create_streaming_connection",
+     ["self", "protocol_factory", "sock", "on_done", "ssl_context", "server_hostname"]),
 )
 _WORKFLOW_CLASSES = ("AMQPConnectionWorkflowFailed", "AMQPConnectorException", "AMQPConnectorPhaseErrorBase",
                      "AMQPConnectorSocketConnectError")
@@ -141,6 +172,8 @@ def missing(conn: pika.SelectConnection | None = None,
             gone.append(f"{owner.__qualname__}.{name}{inspect.signature(function)} "
                         f"(was ({', '.join(wanted)}))")
     if conn is not None:
+        if not callable(getattr(getattr(conn, "_nbio", None), "create_streaming_connection", None)):
+            gone.append("SelectConnection instance attribute _nbio.create_streaming_connection")
         transport = getattr(conn, "_transport", None)
         if type(transport) is not _PLAINTEXT:
             gone.append(f"an open plain SelectConnection's _transport is {type(transport).__qualname__}, "
