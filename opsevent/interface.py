@@ -562,7 +562,9 @@ class EventInterface:
         deliveries: list = [None] * len(sockets)
         for body_format, indexes in groups.items():
             body = bodies[body_format]
-            group = tuple(sockets[index] for index in indexes)
+            # One format (the usual case): the subscription's own tuple, whose
+            # bytes the transport has cached by identity.
+            group = sockets if len(indexes) == len(sockets) else tuple(sockets[index] for index in indexes)
             if isinstance(body, EventTooLargeError):
                 _note(transport, event, group, Status.TOO_LARGE)
                 statuses = [(Status.TOO_LARGE, str(body))] * len(group)

@@ -61,6 +61,7 @@ def test_threads_waiting_on_one_reply_box_each_get_their_own_reply():
     for t in threads:
         t.join(10)
     assert got == {seq: (("confirmed", f"for seq {seq}"),) for seq in range(1, 9)}
+    assert box._sleepers == 0  # every thread that slept was woken or timed out, and counted out
 
 
 def test_a_raise_on_a_full_queue_fails_at_once_in_both_modes():

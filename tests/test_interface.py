@@ -1,5 +1,6 @@
 """EventInterface: raising through a fake transport, results, settings."""
 
+import asyncio
 import os
 import pathlib
 import re
@@ -434,6 +435,20 @@ def test_a_body_too_large_in_one_format_fails_only_its_subscribers():
     assert [d.status for d in result.deliveries] == [Status.QUEUED, Status.TOO_LARGE]
     assert "over the 16384-byte limit" in result.deliveries[1].reason
     assert [call[0] for call in transport.calls] == [(parse_socket(PIKE),)]
+
+
+@pytest.mark.parametrize("sync", [False, True])
+def test_raises_of_one_body_format_hand_the_transport_the_subscribers_own_tuple_every_time(sync):
+    # The transport keeps each tuple's bytes by identity (workers.channel.job.SocketBytes):
+    # a fresh tuple per raise meant building them again, a quarter of an awaited raise's cost.
+    transport = RecordingTransport([(Status.CONFIRMED, "")] * 2 if sync else None)
+    evi = interface(PIKE, QUEUE, transport=transport, sync_mode=sync)
+    for _ in range(3):
+        assert evi.raise_event("E_SIP_MESSAGE")
+        assert asyncio.run(evi.araise_event("E_SIP_MESSAGE"))
+    first = transport.calls[0][0]
+    assert first == (parse_socket(PIKE), parse_socket(QUEUE))
+    assert len(transport.calls) == 6 and all(call[0] is first for call in transport.calls)
 
 
 def test_without_a_transport_mixed_formats_are_not_running():

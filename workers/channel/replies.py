@@ -79,6 +79,7 @@ class ReplyBox:
         self._leader = False  # a thread is reading the socket
         self._loops: dict = {}  # event loop -> its waiters here; each such loop watches the socket
         self.discarded = 0  # late replies to jobs whose caller gave up
+        self._sleepers = 0  # threads asleep in wait(): none, and a hand-over has nobody to look for
         self._poller = select.poll()  # the leader's; one leader at a time uses it
         self._poller.register(self.sock.fileno(), select.POLLIN)
 
@@ -128,6 +129,7 @@ class ReplyBox:
             waiter.wake = threading.Lock()
             waiter.wake.acquire()
         waiter.sleeping = True
+        self._sleepers += 1
         self._lock.release()
         try:
             woken = waiter.wake.acquire(timeout=left)
@@ -135,16 +137,21 @@ class ReplyBox:
             self._lock.acquire()
         if waiter.sleeping:
             waiter.sleeping = False  # timed out, and nobody woke it since
+            self._sleepers -= 1
         elif not woken:
             waiter.wake.acquire(False)  # woken just as it timed out: take that wake-up back
 
     def _wake(self, waiter: _Waiter) -> None:
         if waiter.sleeping:
             waiter.sleeping = False
+            self._sleepers -= 1
             waiter.wake.release()
 
     def _hand_over(self) -> None:
         # Nobody reads now: give the turn to one sleeping thread, if any.
+        # (Awaiting tasks never sleep here: without threads, no scan of them all.)
+        if not self._sleepers:
+            return
         for waiter in self._waiting.values():
             if waiter.sleeping and waiter.reply is _PENDING:
                 self._wake(waiter)
