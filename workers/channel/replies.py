@@ -257,6 +257,10 @@ def _resolve(future) -> None:
 
 _PENDING = object()
 
+# json.loads without its checks for bytes and for trailing text: the worker
+# writes these datagrams (encode_replies) and a sync raise reads one each.
+_decode = json.JSONDecoder().raw_decode
+
 
 @functools.lru_cache(maxsize=256)
 def _statuses(pairs: tuple) -> tuple:
@@ -269,9 +273,6 @@ def _statuses(pairs: tuple) -> tuple:
     if not all(type(reason) is str for _status, reason in answer):
         raise TypeError("a reason that is not text")
     return answer
-# json.loads without its checks for bytes and for trailing text: the worker
-# writes these datagrams (encode_replies) and a sync raise reads one each.
-_decode = json.JSONDecoder().raw_decode
 
 
 def private_socket(address: bytes) -> socket.socket:
