@@ -155,6 +155,25 @@ def drain_count(jobs, expected, timeout=20.0) -> int:
     return got
 
 
+def test_a_feeder_asleep_on_an_emptied_buffer_wakes_for_the_next_overflow_round_after_round():
+    jobs = JobQueue(FORK, maxsize=10**6)
+    jobs.attach_reader()
+    for _round in range(3):
+        put = 0
+        while not jobs.unsent():  # the pipe is full: what follows waits in the buffer
+            assert jobs.put([b"x" * 1000])
+            put += 1
+        for _ in range(5):  # more on a buffer that is not empty: the feeder is awake already
+            assert jobs.put([b"y" * 1000])
+        assert drain_count(jobs, put + 5, timeout=10.0) == put + 5
+        deadline = time.monotonic() + 5
+        while jobs.unsent() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert jobs.unsent() == 0  # the feeder emptied the buffer and sleeps until the next overflow
+    assert jobs.depth() == 0
+    jobs.close()
+
+
 @hypothesis.settings(max_examples=15, deadline=None)
 @hypothesis.given(st.lists(st.integers(0, 3 * 4096), min_size=1, max_size=40))
 def test_buffered_jobs_of_any_sizes_leave_in_batched_writes_whole_and_in_order_and_give_back_every_slot(sizes):

@@ -209,10 +209,13 @@ def test_a_transport_giving_the_wrong_number_of_statuses_is_an_error():
     (Status.TIMEOUT, False), (Status.TOO_LARGE, False), (Status.UNROUTABLE, False),
     (Status.NACKED, False), (Status.FAILED, False), (Status.NOT_RUNNING, False),
 ])
-def test_only_queued_and_confirmed_are_ok(status, ok):
+def test_only_queued_and_confirmed_are_ok_and_a_result_is_true_when_every_delivery_is(status, ok):
     assert status.ok is ok
     assert str(status) == status.value
     assert Status(status.value) is status
+    one, fine = Delivery(parse_socket(PIKE), status), Delivery(parse_socket(QUEUE), Status.CONFIRMED)
+    for deliveries in ((one,), (fine, one), (one, fine)):
+        assert bool(RaiseResult("E_X", deliveries)) is ok, deliveries
 
 
 def test_subscribing_accepts_text_or_a_parsed_socket_and_reports_novelty():

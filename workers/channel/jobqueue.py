@@ -171,7 +171,8 @@ class JobQueue:
                     self.on_first_overflow()
             if local.entry >= 0 and _unbegun(frames):  # a big job partly written: its slot went with frame 0
                 self.writers[local.entry + _HELD] += 1  # after the append: a kill in between leaks, never frees twice
-            local.wake.notify()
+            if len(local.overflow) == 1:
+                local.wake.notify()  # the feeder sleeps only on an empty buffer: a longer one has it awake
         return True
 
     def _here(self) -> _Local:
