@@ -108,3 +108,44 @@ def test_a_failed_blocking_connect_is_one_of_the_connect_errors_and_its_cause_is
     while inner is not None and pika_private.cause(inner) is not None:
         inner = pika_private.cause(inner)
     assert isinstance(inner, ConnectionRefusedError), repr(caught.value)
+
+
+def test_confirms_go_straight_to_the_channels_callback_and_stop_when_it_closes_even_if_its_number_comes_back(broker):
+    opened, confirms, via_pika = [], {"a": [], "b": []}, []
+    ioloop, conn = _open(broker, on_open_callback=lambda c: c.channel(on_open_callback=opened.append))
+    _turn(ioloop, lambda: opened)
+    process = conn.callbacks.process
+
+    def spy(prefix, key, *args, **kwargs):  # what pika's own callback path hands out
+        if isinstance(key, (pika.spec.Basic.Ack, pika.spec.Basic.Nack)):
+            via_pika.append(prefix)
+        return process(prefix, key, *args, **kwargs)
+
+    conn.callbacks.process = spy
+
+    def confirmed(name):
+        return max((f.method.delivery_tag for f in confirms[name]), default=0)
+
+    a = opened.pop()
+    a.confirm_delivery(lambda f: confirms["a"].append(f), callback=lambda _f: opened.append("a ok"))
+    pika_private.direct_confirms(a, lambda f: confirms["a"].append(f))
+    _turn(ioloop, lambda: "a ok" in opened)
+    for _ in range(3):
+        a.basic_publish("", "nowhere", b"x")
+    _turn(ioloop, lambda: confirmed("a") == 3)
+    assert via_pika == [] and all(type(f.method) is pika.spec.Basic.Ack for f in confirms["a"])
+
+    a.close()
+    _turn(ioloop, lambda: a.is_closed)
+    conn.channel(on_open_callback=opened.append)
+    _turn(ioloop, lambda: opened and opened[-1] != "a ok")
+    b = opened.pop()
+    assert b.channel_number == a.channel_number  # the number came back, to a channel with no direct route
+    b.confirm_delivery(lambda f: confirms["b"].append(f), callback=lambda _f: opened.append("b ok"))
+    _turn(ioloop, lambda: "b ok" in opened)
+    for _ in range(2):
+        b.basic_publish("", "nowhere", b"x")
+    _turn(ioloop, lambda: confirmed("b") == 2)
+    assert confirmed("a") == 3 and via_pika and set(via_pika) == {b.channel_number}
+    conn.close()
+    _turn(ioloop, lambda: conn.is_closed)

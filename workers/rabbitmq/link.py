@@ -74,7 +74,7 @@ from workers.rabbitmq import tls
 from workers.rabbitmq.amqp import Publisher
 from workers.rabbitmq.failback import PrimaryProbe
 from workers.rabbitmq.histogram import Histogram
-from workers.rabbitmq.pika_private import connect_failure, drop, guard_transport_setup, send
+from workers.rabbitmq.pika_private import connect_failure, direct_confirms, drop, guard_transport_setup, send
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +286,7 @@ class BrokerLink:
         channel.add_on_close_callback(self._on_channel_closed)
         channel.add_on_return_callback(self._on_return)
         channel.confirm_delivery(self._on_confirm, callback=self._on_confirm_ok)
+        direct_confirms(channel, self._on_confirm)  # the same frames, without pika's callback look-up
 
     def _on_confirm_ok(self, _unused_frame) -> None:
         self._publisher = Publisher(self._channel.channel_number,
