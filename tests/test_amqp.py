@@ -71,6 +71,15 @@ def test_message_properties_equal_what_pika_marshals(event, content_type, persis
     assert (decoded.headers, decoded.message_id, decoded.timestamp) == ({"event": event}, message_id, timestamp)
 
 
+def test_one_properties_maker_marshals_ids_of_any_length_in_any_order_like_pika():
+    props = MessageProperties("opsevent")  # keeps a layout per id length: reused, never mixed up
+    for size in (1, 255, 14, 2, 255, 1, 128):
+        message_id = "%d-" % size + "i" * (size - len("%d-" % size)) if size > 3 else "i" * size
+        marshalled = props.head(b"E_X", "text/plain", False) + props.tail(message_id.encode(), size)
+        assert marshalled == ours(spec.BasicProperties(content_type="text/plain", headers={"event": "E_X"},
+                                                       message_id=message_id, timestamp=size, app_id="opsevent"))
+
+
 def test_without_the_event_header_the_properties_have_no_headers_table_like_pika():
     props = MessageProperties("opsevent", event_header=False)
     marshalled = props.head(b"E_X", "text/plain", True) + props.tail(b"id-1", 5)

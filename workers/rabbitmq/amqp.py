@@ -54,7 +54,6 @@ def method_frame(channel: int, exchange: str, routing_key: str, mandatory: bool)
 # basic.properties flag bits, in the order their values follow the flags.
 _CONTENT_TYPE, _HEADERS, _DELIVERY_MODE = 1 << 15, 1 << 13, 1 << 12
 _MESSAGE_ID, _TIMESTAMP, _APP_ID = 1 << 7, 1 << 6, 1 << 3
-_TS = struct.Struct(">Q")
 
 
 class MessageProperties:
@@ -72,6 +71,7 @@ class MessageProperties:
     def __init__(self, app_id: str, event_header: bool = True):
         self._app_id = shortstr(app_id, "app_id")
         self._event_header = event_header
+        self._tails: dict[int, struct.Struct] = {}  # message id length -> the tail's layout (at most 256)
 
     def head(self, event: bytes, content_type: str, persistent: bool) -> bytes:
         """Flags, content type, headers and delivery mode: the fixed front part (the caller keeps it)."""
@@ -87,7 +87,11 @@ class MessageProperties:
     def tail(self, message_id: bytes, timestamp: int) -> bytes:
         """Message id (UTF-8, at most 255 bytes: the job's length field holds no more), timestamp
         and app id: the per-message back part."""
-        return bytes((len(message_id),)) + message_id + _TS.pack(timestamp) + self._app_id
+        size = len(message_id)
+        layout = self._tails.get(size)
+        if layout is None:  # one pack, not four pieces joined: this runs per message
+            layout = self._tails[size] = struct.Struct(f">B{size}sQ{len(self._app_id)}s")
+        return layout.pack(size, message_id, timestamp, self._app_id)
 
 
 class Publisher:
