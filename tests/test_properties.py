@@ -8,6 +8,8 @@ import os
 import socket
 import time
 
+import hypothesis
+import hypothesis.strategies as st
 import pytest
 
 import opsevent
@@ -184,6 +186,19 @@ def test_a_jobs_bytes_decode_to_what_the_front_end_encoded():
         assert job.decode(payload) == (seq, reply, event, b"id-7", sockets, body, 12.5)
         assert job.decode(memoryview(payload)) == (seq, reply, event, b"id-7", sockets, body, 12.5)
     assert job.load_sockets(sockets)[0][:4] == ("u", "p", "mq", 5673)
+
+
+_JOBS = st.tuples(st.integers(0, 2**64 - 1), st.none() | st.binary(min_size=1, max_size=40),
+                  st.binary(max_size=60), st.binary(min_size=1, max_size=255), st.binary(max_size=300),
+                  st.binary(max_size=3000), st.floats(allow_nan=False, allow_infinity=False))
+
+
+@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.given(st.lists(_JOBS, min_size=1, max_size=8))
+def test_jobs_of_any_shapes_one_after_another_decode_to_exactly_what_was_encoded(jobs):
+    for seq, reply, event, message_id, sockets, body, raised_at in jobs + jobs[:1]:  # a shape seen before, again
+        payload = b"".join(job.encode(seq, reply, event, message_id, sockets, body, raised_at))
+        assert job.decode(memoryview(payload)) == (seq, reply, event, message_id, sockets, body, raised_at)
 
 
 def test_the_front_end_pickles_a_subscriber_tuple_once_and_again_only_for_a_new_tuple():

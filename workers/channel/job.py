@@ -65,16 +65,18 @@ def encode(seq: int, reply: bytes | None, event: bytes, message_id: bytes, socke
 def decode(payload) -> tuple:
     """``(seq, reply, event, message_id, sockets_bytes, body, raised_at)`` from a job's bytes."""
     raised_at, seq, reply_len, event_len, sockets_len, id_len = HEAD.unpack_from(payload)
-    at = HEAD.size
-    reply = bytes(payload[at:at + reply_len]) if reply_len else None
-    at += reply_len
-    event = bytes(payload[at:at + event_len])
-    at += event_len
-    message_id = bytes(payload[at:at + id_len])
-    at += id_len
-    sockets = bytes(payload[at:at + sockets_len])
-    body = bytes(payload[at + sockets_len:])
-    return seq, reply, event, message_id, sockets, body, raised_at
+    lengths = (reply_len, event_len, id_len, sockets_len)
+    layout = _LAYOUTS.get(lengths)
+    if layout is None:
+        # One unpack per job instead of four slices copied: the same few shapes come again and again.
+        if len(_LAYOUTS) >= _CACHE_MAX:
+            _LAYOUTS.clear()
+        layout = _LAYOUTS[lengths] = struct.Struct(f"!{HEAD.size}x{reply_len}s{event_len}s{id_len}s{sockets_len}s")
+    reply, event, message_id, sockets = layout.unpack_from(payload)
+    return seq, reply if reply_len else None, event, message_id, sockets, bytes(payload[layout.size:]), raised_at
+
+
+_LAYOUTS: dict[tuple, struct.Struct] = {}  # (reply, event, id, sockets lengths) -> the job's layout after its head
 
 
 def load_sockets(data: bytes) -> tuple:
