@@ -23,8 +23,8 @@ else in the project does (``tests/test_boundaries.py`` checks):
 * ``direct_confirms(channel, on_confirm)``: the broker's ``basic.ack`` and
   ``basic.nack`` frames for a channel in confirm mode go to *on_confirm*
   from the connection's frame loop, not through pika's ``CallbackManager``
-  (its look-up, two decorators and a pending check: half of pika's cost
-  per confirm frame, a sixth of the worker's CPU per async event).  Exactly
+  (its look-up, two decorators and a pending check: about a tenth of the
+  worker's CPU per async event, measured in one process).  Exactly
   the frames pika would have given that callback: pika registers it for
   the channel's number in ``confirm_delivery`` and removes it when the
   channel closes, and the route goes with the channel's close callbacks,
