@@ -33,7 +33,8 @@ from dataclasses import astuple
 from opsevent.messageid import new_message_id
 
 HEAD = struct.Struct("!dQHHIB")
-_CACHE_MAX = 4096  # distinct subscriber tuples remembered; more means the table churns: start over
+_CACHE_MAX = 4096  # distinct subscriber tuples (or job shapes) remembered; more means churn: start over
+_LAYOUTS: dict[tuple, struct.Struct] = {}  # (reply, event, id, sockets lengths) -> the job's layout after its head
 
 
 class SocketBytes:
@@ -74,9 +75,6 @@ def decode(payload) -> tuple:
         layout = _LAYOUTS[lengths] = struct.Struct(f"!{HEAD.size}x{reply_len}s{event_len}s{id_len}s{sockets_len}s")
     reply, event, message_id, sockets = layout.unpack_from(payload)
     return seq, reply if reply_len else None, event, message_id, sockets, bytes(payload[layout.size:]), raised_at
-
-
-_LAYOUTS: dict[tuple, struct.Struct] = {}  # (reply, event, id, sockets lengths) -> the job's layout after its head
 
 
 def load_sockets(data: bytes) -> tuple:
