@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import json
 import multiprocessing
+import os
 import socket
 import time
 
@@ -14,6 +17,7 @@ from workers.channel import job
 from workers.channel.jobqueue import JobQueue
 from workers.channel.replies import ReplyBox
 from workers.demo.broker import consume, declare_queue, free_port
+from workers.base.process import GC_YOUNG
 from workers.rabbitmq import worker as worker_module
 from workers.rabbitmq.worker import RabbitMQWorker
 
@@ -146,3 +150,30 @@ def test_more_jobs_than_one_turn_takes_are_all_handled_though_nothing_more_arriv
     finally:
         w.shutdown()
         jobs.close()
+
+
+def test_the_worker_process_leaves_its_inherited_heap_out_of_collections_and_the_application_process_as_it_was():
+    inherited = [[i] for i in range(50_000)]  # an application's heap, as a forked worker finds it
+    before = (gc.get_threshold(), gc.get_freeze_count())
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker's own process, set up as the service sets it up
+        try:
+            w = RabbitMQWorker(JobQueue(FORK, maxsize=10), opsevent.Settings())
+            w.init_process()  # install_signals: its own process
+            cycle = []
+            cycle.append(cycle)
+            del cycle
+            found = gc.collect()  # what forms cycles is still collected
+            os.write(write_end, json.dumps([gc.get_threshold(), gc.get_freeze_count(), found]).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        threshold, frozen, found = json.loads(os.read(read_end, 4096))
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
+    assert threshold[0] == GC_YOUNG and threshold[1:] == list(before[0][1:])
+    assert frozen >= len(inherited) and found >= 1
+    assert (gc.get_threshold(), gc.get_freeze_count()) == before  # the test's process: untouched

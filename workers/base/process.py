@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import gc
 import logging
 import multiprocessing
 import multiprocessing.util
@@ -215,6 +216,29 @@ def run_at_exit(function) -> None:
 
     atexit.register(once)
     multiprocessing.util.Finalize(None, once, exitpriority=100)
+
+
+# A worker's young-generation threshold (CPython's default is 700).
+GC_YOUNG = 20_000
+
+
+def set_worker_gc(young: int = GC_YOUNG) -> None:
+    """Post-fork, in a process of ours that turns over many short-lived objects (the RabbitMQ worker).
+
+    What it inherited from the process it was forked from (in a server, the
+    application's whole heap) is never garbage to it: ``gc.freeze()`` takes
+    it out of every collection, so a full collection no longer walks it, nor
+    writes to the pages the fork shares.  Each event then makes a few objects
+    that live until the broker's confirm and form no cycles; with CPython's
+    threshold of 700 they set off a young collection every couple of hundred
+    events and get promoted into the older generations, and collections took
+    about a sixth of the worker's CPU in the bench.  Reference counting frees
+    them; collections still come, for what does form cycles, every *young*
+    allocations.  The application's own processes are left as they are.
+    """
+    gc.freeze()
+    _young, older, oldest = gc.get_threshold()
+    gc.set_threshold(young, older, oldest)
 
 
 def close_inherited_listeners() -> None:
