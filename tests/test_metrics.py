@@ -99,8 +99,7 @@ def a_link_with_flushes(flushes: list[tuple[int, float]]) -> tuple[BrokerLink, l
 
 
 def confirm(link: BrokerLink, tag: int, multiple: bool, ack: bool = True) -> None:
-    method = (spec.Basic.Ack if ack else spec.Basic.Nack)(delivery_tag=tag, multiple=multiple)
-    link._on_confirm(SimpleNamespace(method=method))
+    link._on_confirm(ack, tag, multiple)
 
 
 def test_each_publish_is_timed_once_from_the_flush_that_wrote_it_even_when_confirms_come_out_of_order():

@@ -106,21 +106,26 @@ class Publisher:
         """All frames of one mandatory publish, as parts to join; raises ValueError on a bad name.
 
         ``properties`` is the marshalled property flags and list (``MessageProperties``).
-        The parts are joined once per batch of publishes, not once per publish.
         """
+        parts: list[bytes] = []
+        self.add(parts, exchange, routing_key, body, properties)
+        return parts
+
+    def add(self, out: list, exchange: str, routing_key: str, body: bytes, properties: bytes) -> None:
+        """``frames()``, appended to *out*: the link's parts of a whole batch, joined once per write."""
         key = (exchange, routing_key)
         method = self._methods.get(key)
         if method is None:
             method = self._methods[key] = method_frame(self.channel, exchange, routing_key, True)
         size = len(body)
-        # The content header's frame head and fixed fields in one pack, then its properties.
-        parts = [method, _CONTENT_HEAD.pack(2, self.channel, _HEADER_HEAD.size + len(properties), 60, 0, size),
-                 properties]
-        if 0 < size <= self._body_max:  # the usual case: one body frame, its head packed with the end before
-            parts += (_END_AND_BODY_HEAD.pack(0xCE, 3, self.channel, size), body, FRAME_END)
-        else:
-            parts.append(FRAME_END)
-            for start in range(0, size, self._body_max):
-                chunk = body[start:start + self._body_max]
-                parts += (_FRAME_HEAD.pack(3, self.channel, len(chunk)), chunk, FRAME_END)
-        return parts
+        if 0 < size <= self._body_max:
+            # The usual case: the content header's frame head and fixed fields in one pack, then its
+            # properties, then the body frame's head packed with the frame end before it.
+            out += (method, _CONTENT_HEAD.pack(2, self.channel, _HEADER_HEAD.size + len(properties), 60, 0, size),
+                    properties, _END_AND_BODY_HEAD.pack(0xCE, 3, self.channel, size), body, FRAME_END)
+            return
+        out += (method, _CONTENT_HEAD.pack(2, self.channel, _HEADER_HEAD.size + len(properties), 60, 0, size),
+                properties, FRAME_END)
+        for start in range(0, size, self._body_max):
+            chunk = body[start:start + self._body_max]
+            out += (_FRAME_HEAD.pack(3, self.channel, len(chunk)), chunk, FRAME_END)

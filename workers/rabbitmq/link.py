@@ -50,7 +50,9 @@ Theory of operation:
   (outcome unknown: it may still arrive) when published and not confirmed.
   It also notices a silent broker when heartbeats are on.
 * ``done(item, status, reason)`` is the worker's callback; it is called
-  exactly once per item.
+  exactly once per item, except for the items an ack confirms, which go to
+  ``confirmed(items)`` in one call per ack when the worker gives that
+  callback (the usual outcome, counted in bulk).
 """
 
 from __future__ import annotations
@@ -123,7 +125,7 @@ class Item:
 
 
 class BrokerLink:
-    def __init__(self, key, label, settings, ioloop, done):
+    def __init__(self, key, label, settings, ioloop, done, confirmed=None):
         # key = (host, port, user, password, vhost, tls, failover): secret-bearing, never logged.
         self.key = key
         self.label = label
@@ -131,6 +133,8 @@ class BrokerLink:
         self.settings = settings
         self.ioloop = ioloop
         self.done = done
+        # Items an ack confirms, each already marked resolved: one call per ack, not one per item.
+        self.confirmed = confirmed or (lambda items: [done(item, Status.CONFIRMED, "") for item in items])
         self.state = IDLE
         self.blocked = ""  # connection.blocked reason while the broker refuses publishes
         self.pending: collections.deque[Item] = collections.deque()
@@ -189,13 +193,12 @@ class BrokerLink:
 
     def _write(self, item: Item) -> None:
         try:
-            frames = self._publisher.frames(item.exchange, item.routing_key, item.body, item.properties)
-        except ValueError as exc:
+            self._publisher.add(self._out, item.exchange, item.routing_key, item.body, item.properties)
+        except ValueError as exc:  # raised before anything was added
             self._resolve(item, Status.FAILED, str(exc))
             return
         self._tag += 1
         self.inflight[self._tag] = item
-        self._out += frames
         item.sent += 1
         self.stats["published"] += 1
         item.counts["published"] += 1
@@ -285,8 +288,8 @@ class BrokerLink:
         self._channel = channel
         channel.add_on_close_callback(self._on_channel_closed)
         channel.add_on_return_callback(self._on_return)
-        channel.confirm_delivery(self._on_confirm, callback=self._on_confirm_ok)
-        direct_confirms(channel, self._on_confirm)  # the same frames, without pika's callback look-up
+        channel.confirm_delivery(self._on_confirm_frame, callback=self._on_confirm_ok)
+        direct_confirms(channel, self._on_confirm)  # the same frames, from the bytes read (pika_private.py)
 
     def _on_confirm_ok(self, _unused_frame) -> None:
         self._publisher = Publisher(self._channel.channel_number,
@@ -448,27 +451,37 @@ class BrokerLink:
 
     # ---- broker callbacks ------------------------------------------------------
 
-    def _on_confirm(self, frame) -> None:
+    def _on_confirm_frame(self, frame) -> None:
+        """pika's confirm callback, for what direct_confirms does not route: nothing while it works."""
         method = frame.method
+        self._on_confirm(isinstance(method, spec.Basic.Ack), method.delivery_tag, method.multiple)
+
+    def _on_confirm(self, ack: bool, tag: int, multiple: bool) -> None:
         inflight = self.inflight
-        if method.multiple:
-            # Confirms cover every tag up to this one: take them off the front.
-            last, settled = method.delivery_tag, []
-            while inflight and next(iter(inflight)) <= last:
-                settled.append(inflight.popitem(last=False))
+        if multiple:
+            # Confirms cover every tag up to this one: take them off the front (in tag order).
+            if not inflight:
+                settled = ()
+            elif tag >= next(reversed(inflight)):  # all of them: the usual case while the broker keeps up
+                settled = list(inflight.items())
+                inflight.clear()
+            else:
+                settled = []
+                for entry in inflight.items():
+                    if entry[0] > tag:
+                        break
+                    settled.append(entry)
+                for entry in settled:
+                    del inflight[entry[0]]
         else:
-            item = inflight.pop(method.delivery_tag, None)
-            settled = () if item is None else ((method.delivery_tag, item),)
+            item = inflight.pop(tag, None)
+            settled = () if item is None else ((tag, item),)
         if settled:
             self._time_confirms(settled)
-        if not isinstance(method, spec.Basic.Ack):
+        if not ack:
             self._on_nack(settled)
         else:
-            for _tag, item in settled:
-                if item.returned is not None:
-                    self._resolve(item, Status.UNROUTABLE, item.returned)
-                else:
-                    self._resolve(item, Status.CONFIRMED)
+            self._settle_acked(settled)
             if self._trial is not None and settled:
                 # The fresh channel's trial went through: the broker takes publishes again.
                 self._trial, self._nack_backoff = None, self.settings.reconnect_min
@@ -476,6 +489,24 @@ class BrokerLink:
                     self._drain_pending()
         if self.state is RECHANNEL and not self.inflight:
             self._finish_rechannel(time.monotonic())
+
+    def _settle_acked(self, settled) -> None:
+        """The broker took these: confirmed, or unroutable if it returned them first."""
+        confirmed, syncs = [], 0
+        for _tag, item in settled:
+            if item.resolved:
+                continue
+            if item.returned is not None:
+                self._resolve(item, Status.UNROUTABLE, item.returned)
+                continue
+            item.resolved = True
+            if item.deadline is not None:
+                syncs += 1
+            confirmed.append(item)
+        if confirmed:
+            self.sync_waiting -= syncs
+            self.stats["confirmed"] += len(confirmed)
+            self.confirmed(confirmed)
 
     def _time_confirms(self, settled) -> None:
         """Count the confirm latency of *settled* ((tag, item), by tag): one observation per flush."""

@@ -36,7 +36,7 @@ from workers.rabbitmq.amqp import MessageProperties
 from workers.rabbitmq.histogram import Histogram
 from workers.rabbitmq.link import CLOSING, BrokerLink, Item
 from workers.base.process import (accept_stop_signals, close_inherited_listeners, reset_signals,
-                             set_parent_death_signal)
+                                  set_parent_death_signal, set_worker_gc)
 from workers.base.tally import Tally
 from workers.rabbitmq.substats import FRONTEND_COUNTERS, SubscriptionStats
 
@@ -108,7 +108,8 @@ class RabbitMQWorker:
 
     def init_process(self, install_signals: bool = True) -> None:
         """Post-fork set-up: signals, the I/O loop, the reply socket."""
-        if install_signals:
+        if install_signals:  # in its own forked process (tests drive it in theirs)
+            set_worker_gc()  # the inherited heap out of its collections; fewer of them (workers/base/process.py)
             close_inherited_listeners()
             reset_signals()
             set_parent_death_signal(signal.SIGTERM)
@@ -265,7 +266,8 @@ class RabbitMQWorker:
             link = self.links.get(sock.broker)
             if link is None:
                 link = self.links[sock.broker] = BrokerLink(
-                    sock.broker, sock.broker_label, tls.settings_for(self.settings, sock), self.ioloop, self._done)
+                    sock.broker, sock.broker_label, tls.settings_for(self.settings, sock), self.ioloop, self._done,
+                    self._confirmed)
             counts = self.subscriptions.counts(name, str(sock))
             body_format = sock.format or self.settings.format
             head = self.properties.head(event, CONTENT_TYPES[body_format], sock.persistent or self.settings.persistent)
@@ -285,6 +287,23 @@ class RabbitMQWorker:
             self._ledger[FINISHED] += 1
             return
         self._finish(item.job, item.index, status, reason)
+
+    def _confirmed(self, items: list) -> None:
+        """``_done(item, CONFIRMED, "")`` for each of *items*, counted in bulk: the usual outcome."""
+        size = finished = 0
+        for item in items:
+            item.counts[_CONFIRMED_VALUE] += 1
+            size += len(item.body)
+            if item.job is _ASYNC:
+                finished += 1
+            else:
+                self._finish(item.job, item.index, _CONFIRMED, "")
+        self.outstanding -= len(items)
+        self.outstanding_bytes -= size
+        self.stats[_CONFIRMED_VALUE] += finished  # _finish counted the others
+        self._ledger[FINISHED] += finished
+        if not self.reading:
+            self._resume_reading()
 
     def _finish(self, job: Job, index: int, status: Status, reason: str) -> None:
         self.stats[status._value_] += 1
@@ -406,6 +425,7 @@ class RabbitMQWorker:
 
 _ASYNC = Job(0, None, 0)
 _CONFIRMED = Status.CONFIRMED
+_CONFIRMED_VALUE = _CONFIRMED.value
 
 
 def _format_stats(stats) -> str:
