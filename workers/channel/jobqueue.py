@@ -103,7 +103,9 @@ class _Local:
         self.ids = itertools.count()
         self.lock = threading.Lock()
         self.wake = threading.Condition(self.lock)
-        self.overflow: collections.deque[list[bytes]] = collections.deque()
+        # Each job's frames as a tuple: a tuple of bytes leaves the garbage collector's lists at its
+        # first collection, so a long buffer costs the process's collections nothing.
+        self.overflow: collections.deque[tuple[bytes, ...]] = collections.deque()
         self.feeder: threading.Thread | None = None
         self.entry = -1  # its index in the writers' table (u64 offset), once it has buffered a job
 
@@ -154,7 +156,7 @@ class JobQueue:
                         return True
                     except BlockingIOError:
                         pass
-                frames = [frame]
+                frames = (frame,)
             else:
                 frames = _frames(data, job_id)
                 if not local.overflow:
@@ -507,26 +509,26 @@ class JobQueue:
 _QUEUES = forks.registry(JobQueue._after_fork_in_child)
 
 
-def _frames(data: bytes, job_id: int) -> list[bytes]:
+def _frames(data: bytes, job_id: int) -> tuple[bytes, ...]:
     count = (len(data) + _CHUNK - 1) // _CHUNK or 1
-    return [_HEADER.pack(len(chunk), job_id, index, count) + chunk
-            for index, chunk in ((i, data[i * _CHUNK:(i + 1) * _CHUNK]) for i in range(count))]
+    return tuple(_HEADER.pack(len(chunk), job_id, index, count) + chunk
+                 for index, chunk in ((i, data[i * _CHUNK:(i + 1) * _CHUNK]) for i in range(count)))
 
 
-def _unbegun(frames: list[bytes]) -> bool:
+def _unbegun(frames: tuple[bytes, ...]) -> bool:
     """Whether none of a buffered job's frames is in the pipe yet (its first left is frame 0):
     then its slot is the buffer's, else the pipe's."""
     return _HEADER.unpack_from(frames[0])[2] == 0
 
 
-def _write_some(fd: int, frames: list[bytes]) -> list[bytes]:
+def _write_some(fd: int, frames: tuple[bytes, ...]) -> tuple[bytes, ...]:
     """Write frames until the pipe is full; return those not written."""
     for i, frame in enumerate(frames):
         try:
             os.write(fd, frame)  # at most PIPE_BUF bytes: all of it, or EAGAIN and none
         except BlockingIOError:
             return frames[i:]
-    return []
+    return ()
 
 
 def _wait_for(fd: int, event: int) -> None:
