@@ -103,9 +103,9 @@ class _Local:
         self.ids = itertools.count()
         self.lock = threading.Lock()
         self.wake = threading.Condition(self.lock)
-        # Each job's frames as a tuple: a tuple of bytes leaves the garbage collector's lists at its
-        # first collection, so a long buffer costs the process's collections nothing.
-        self.overflow: collections.deque[tuple[bytes, ...]] = collections.deque()
+        # Each job as its one frame (bytes), or a tuple of its frames: no list, which the garbage
+        # collector would track and walk, and no wrapper for the usual one-frame job.
+        self.overflow: collections.deque[bytes | tuple[bytes, ...]] = collections.deque()
         self.feeder: threading.Thread | None = None
         self.entry = -1  # its index in the writers' table (u64 offset), once it has buffered a job
 
@@ -156,7 +156,7 @@ class JobQueue:
                         return True
                     except BlockingIOError:
                         pass
-                frames = (frame,)
+                frames = frame  # one frame: as it is
             else:
                 frames = _frames(data, job_id)
                 if not local.overflow:
@@ -210,6 +210,7 @@ class JobQueue:
         overflow = local.overflow
         batch, size, fresh, whole, part = [], 0, 0, 0, 0
         for entry in overflow:
+            entry = _parts(entry)
             if _unbegun(entry):  # (not len(entry) == 1: a big job's last frame left alone is begun)
                 if size + len(entry[0]) > _PIPE_BUF:
                     break
@@ -265,7 +266,7 @@ class JobQueue:
         with local.lock:
             if not local.overflow:
                 return 0
-            frames = [frame for entry in local.overflow for frame in entry]
+            frames = [frame for entry in local.overflow for frame in _parts(entry)]
             name = os.path.join(self.spool_dir, f"{time.time():.6f}-{local.pid}-{next(local.ids)}")
             with open(name + ".tmp", "wb") as f:
                 f.write(b"".join(frames))
@@ -294,7 +295,7 @@ class JobQueue:
         for frames in entries:
             if not _unbegun(frames):
                 continue  # its first frames are in the pipe
-            payloads.append(b"".join(frame[_HEADER.size:] for frame in frames))
+            payloads.append(b"".join(frame[_HEADER.size:] for frame in _parts(frames)))
             self._slots.release()
         return payloads
 
@@ -515,10 +516,15 @@ def _frames(data: bytes, job_id: int) -> tuple[bytes, ...]:
                  for index, chunk in ((i, data[i * _CHUNK:(i + 1) * _CHUNK]) for i in range(count)))
 
 
-def _unbegun(frames: tuple[bytes, ...]) -> bool:
+def _parts(entry: bytes | tuple[bytes, ...]) -> tuple[bytes, ...]:
+    """A buffered job's frames, from its entry in the buffer."""
+    return (entry,) if type(entry) is bytes else entry
+
+
+def _unbegun(entry: bytes | tuple[bytes, ...]) -> bool:
     """Whether none of a buffered job's frames is in the pipe yet (its first left is frame 0):
     then its slot is the buffer's, else the pipe's."""
-    return _HEADER.unpack_from(frames[0])[2] == 0
+    return _HEADER.unpack_from(entry if type(entry) is bytes else entry[0])[2] == 0
 
 
 def _write_some(fd: int, frames: tuple[bytes, ...]) -> tuple[bytes, ...]:
