@@ -134,7 +134,7 @@ class BrokerLink:
         self.ioloop = ioloop
         self.done = done
         # Items an ack confirms, each already marked resolved: one call per ack, not one per item.
-        self.confirmed = confirmed or (lambda items: [done(item, Status.CONFIRMED, "") for item in items])
+        self.confirmed = confirmed or self._confirmed_one_by_one
         self.state = IDLE
         self.blocked = ""  # connection.blocked reason while the broker refuses publishes
         self.pending: collections.deque[Item] = collections.deque()
@@ -507,6 +507,10 @@ class BrokerLink:
             self.sync_waiting -= syncs
             self.stats["confirmed"] += len(confirmed)
             self.confirmed(confirmed)
+
+    def _confirmed_one_by_one(self, items) -> None:
+        for item in items:
+            self.done(item, Status.CONFIRMED, "")
 
     def _time_confirms(self, settled) -> None:
         """Count the confirm latency of *settled* ((tag, item), by tag): one observation per flush."""

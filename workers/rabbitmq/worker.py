@@ -276,20 +276,18 @@ class RabbitMQWorker:
         return targets
 
     def _done(self, item: Item, status: Status, reason: str) -> None:
-        value = status._value_  # not the enum's .value property: this runs per message
-        item.counts[value] += 1
+        if status is _CONFIRMED:
+            self._confirmed((item,))
+            return
+        item.counts[status._value_] += 1  # not the enum's .value property
         self.outstanding -= 1
         self.outstanding_bytes -= len(item.body)
         if not self.reading:
             self._resume_reading()
-        if item.job is _ASYNC and status is _CONFIRMED:  # the usual case, without a call
-            self.stats[value] += 1
-            self._ledger[FINISHED] += 1
-            return
         self._finish(item.job, item.index, status, reason)
 
-    def _confirmed(self, items: list) -> None:
-        """``_done(item, CONFIRMED, "")`` for each of *items*, counted in bulk: the usual outcome."""
+    def _confirmed(self, items) -> None:
+        """The broker took *items*: counted in bulk (a link calls this once per ack), the usual outcome."""
         size = finished = 0
         for item in items:
             item.counts[_CONFIRMED_VALUE] += 1
