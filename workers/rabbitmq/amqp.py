@@ -118,14 +118,12 @@ class Publisher:
         if method is None:
             method = self._methods[key] = method_frame(self.channel, exchange, routing_key, True)
         size = len(body)
-        if 0 < size <= self._body_max:
-            # The usual case: the content header's frame head and fixed fields in one pack, then its
-            # properties, then the body frame's head packed with the frame end before it.
-            out += (method, _CONTENT_HEAD.pack(2, self.channel, _HEADER_HEAD.size + len(properties), 60, 0, size),
-                    properties, _END_AND_BODY_HEAD.pack(0xCE, 3, self.channel, size), body, FRAME_END)
+        # The content header's frame head and fixed fields in one pack, then its properties.
+        header = _CONTENT_HEAD.pack(2, self.channel, _HEADER_HEAD.size + len(properties), 60, 0, size)
+        if 0 < size <= self._body_max:  # the usual case: one body frame, its head packed with the end before
+            out += (method, header, properties, _END_AND_BODY_HEAD.pack(0xCE, 3, self.channel, size), body, FRAME_END)
             return
-        out += (method, _CONTENT_HEAD.pack(2, self.channel, _HEADER_HEAD.size + len(properties), 60, 0, size),
-                properties, FRAME_END)
+        out += (method, header, properties, FRAME_END)
         for start in range(0, size, self._body_max):
             chunk = body[start:start + self._body_max]
             out += (_FRAME_HEAD.pack(3, self.channel, len(chunk)), chunk, FRAME_END)

@@ -161,8 +161,8 @@ def _read_confirms(conn, routes: dict) -> None:
                 conn.bytes_received += size  # pika's counts, as its own path keeps them
                 conn.frames_received += 1
                 callback(method_id == _ACK_ID, tag, bits & 1 == 1)
-        if at < end and not (at and conn.is_closed):  # a callback that dropped the connection ends the
-            pika_reads(data[at:] if at else data)      # read, as it ends pika's (its buffer is reset)
+        if at < end:
+            pika_reads(data[at:] if at else data)
 
     conn._on_data_available = on_data_available
 
