@@ -26,7 +26,9 @@ per-process overflow buffer and feeder thread when it has not.
   then the job (or the rest of a multi-frame job) joins this process's
   overflow buffer, in order, and the feeder thread writes it when the worker
   has made room.  While the buffer is not empty every job goes through it,
-  so a process's jobs keep their order.
+  so a process's jobs keep their order.  The buffer (``overflow.py``) copies
+  the frames into chunks of memory the feeder has faulted in ahead, so a
+  raise that buffers takes no page fault and leaves no object per job.
 * Because every write is one whole frame, the pipe always holds whole
   frames.  The worker asks how many bytes are there (``FIONREAD``) and reads
   exactly that many in one ``read``: many jobs per system call, and the pipe
@@ -78,10 +80,10 @@ import threading
 import time
 
 from workers.base import forks
+from workers.channel.overflow import HEADER as _HEADER, OverflowBuffer, prefaulted
 
 log = logging.getLogger(__name__)
 
-_HEADER = struct.Struct("!IQHH")
 _PIPE_BUF = 4096
 _CHUNK = _PIPE_BUF - _HEADER.size
 _STALE_PARTIAL = 10.0  # seconds after which an unfinished multi-frame job is dropped
@@ -103,11 +105,16 @@ class _Local:
         self.ids = itertools.count()
         self.lock = threading.Lock()
         self.wake = threading.Condition(self.lock)
-        # Each job as its one frame (bytes), or a tuple of its frames: no list, which the garbage
-        # collector would track and walk, and no wrapper for the usual one-frame job.
-        self.overflow: collections.deque[bytes | tuple[bytes, ...]] = collections.deque()
+        # The frames themselves, copied into big chunks: no object per job for the garbage
+        # collector to walk, and no page fault in the raising thread (overflow.py).
+        self.overflow = OverflowBuffer(on_spare_taken=self._ring)
         self.feeder: threading.Thread | None = None
+        self.bell = -1  # an eventfd: the feeder waiting for the pipe also wakes for a spare chunk taken
         self.entry = -1  # its index in the writers' table (u64 offset), once it has buffered a job
+
+    def _ring(self) -> None:
+        if self.bell >= 0:
+            os.eventfd_write(self.bell, 1)
 
 
 class JobQueue:
@@ -148,34 +155,45 @@ class JobQueue:
         data = b"".join(parts)
         with local.lock:
             job_id = (local.pid << 32) | (next(local.ids) & 0xFFFFFFFF)
+            buffer = local.overflow
+            frames = None
             if len(data) <= _CHUNK:
                 frame = _HEADER.pack(len(data), job_id, 0, 1) + data
-                if not local.overflow:
+                if not buffer.jobs:
                     try:
                         os.write(self._write_fd, frame)  # the usual case: one whole frame, one write
                         return True
                     except BlockingIOError:
                         pass
-                frames = frame  # one frame: as it is
             else:
                 frames = _frames(data, job_id)
-                if not local.overflow:
+                if not buffer.jobs:
                     frames = _write_some(self._write_fd, frames)
                     if not frames:
                         return True
-            local.overflow.append(frames)
             if local.feeder is None:
-                self._claim_entry(local)
-                local.feeder = threading.Thread(target=self._feed, args=(local,), name="opsevent-feeder",
-                                                daemon=True)
-                local.feeder.start()
-                if self.on_first_overflow is not None:
-                    self.on_first_overflow()
-            if local.entry >= 0 and _unbegun(frames):  # a big job partly written: its slot went with frame 0
-                self.writers[local.entry + _HELD] += 1  # after the append: a kill in between leaks, never frees twice
-            if len(local.overflow) == 1:
+                self._start_feeder(local)
+            if frames is None:
+                buffer.add(frame)
+                unbegun = True
+            else:
+                buffer.add_frames(frames)
+                unbegun = _unbegun(frames[0])  # a big job partly written: its slot went with frame 0
+            if local.entry >= 0 and unbegun:
+                self.writers[local.entry + _HELD] += 1  # after the add: a kill in between leaks, never frees twice
+            if buffer.jobs == 1:
                 local.wake.notify()  # the feeder sleeps only on an empty buffer: a longer one has it awake
         return True
+
+    def _start_feeder(self, local: _Local) -> None:
+        # In the process that buffers, the first time it does (post-fork by nature).
+        self._claim_entry(local)
+        local.bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        local.overflow.give_spare(prefaulted())  # the first chunk, before the first job is added to it
+        local.feeder = threading.Thread(target=self._feed, args=(local,), name="opsevent-feeder", daemon=True)
+        local.feeder.start()
+        if self.on_first_overflow is not None:
+            self.on_first_overflow()
 
     def _here(self) -> _Local:
         # A forked child finds None here (_after_fork_in_child): it must not
@@ -189,17 +207,23 @@ class JobQueue:
         return local
 
     def _feed(self, local: _Local) -> None:
-        # The overflow path, in this thread only: wait for room, write frames.
+        # The overflow path, in this thread only: wait for room, write frames, and have
+        # memory ready for the raising thread's next chunk.
         fd = self._write_fd
+        poller = select.poll()  # poll(), not select(): select() cannot watch a descriptor numbered 1024 or more
+        poller.register(fd, select.POLLOUT)
+        poller.register(local.bell, select.POLLIN)
         while True:
+            _restock(local)
             # The writes never block, so they are made under the lock: a
             # buffer taken by discard_unsent() is never half-written behind it.
             with local.lock:
-                while not local.overflow:
+                while not local.overflow.jobs:
                     local.wake.wait()
                 wrote = self._write_front(fd, local)
             if not wrote:
-                _wait_for(fd, select.POLLOUT)
+                if any(ready == local.bell for ready, _ in poller.poll(1000)):
+                    os.eventfd_read(local.bell)
 
     def _write_front(self, fd: int, local: _Local) -> bool:
         """Write the frames at the front of this process's buffer, as many whole frames as
@@ -207,36 +231,18 @@ class JobQueue:
 
         One write per batch, not per job: while the worker is behind, the
         feeder thread takes the GIL once per ~20 jobs instead of for each."""
-        overflow = local.overflow
-        batch, size, fresh, whole, part = [], 0, 0, 0, 0
-        for entry in overflow:
-            entry = _parts(entry)
-            if _unbegun(entry):  # (not len(entry) == 1: a big job's last frame left alone is begun)
-                if size + len(entry[0]) > _PIPE_BUF:
-                    break
-                fresh += 1  # its slot passes to the pipe with its first frame
-            for frame in entry:
-                if size + len(frame) > _PIPE_BUF:
-                    break
-                batch.append(frame)
-                size += len(frame)
-                part += 1
-            if part < len(entry):
-                break
-            whole, part = whole + 1, 0
+        batch, fresh, ended = local.overflow.front(_PIPE_BUF)  # fresh: first frames, whose slots pass to the pipe
         held = fresh if local.entry >= 0 else 0
         if held:  # counted out before the write: a kill in between leaks a slot, never frees one twice
             self.writers[local.entry + _HELD] -= held
-        try:
-            os.write(fd, batch[0] if len(batch) == 1 else b"".join(batch))  # at most PIPE_BUF: all, or EAGAIN
-        except BlockingIOError:
-            if held:
-                self.writers[local.entry + _HELD] += held  # nothing written: still ours
-            return False
-        for _ in range(whole):
-            overflow.popleft()
-        if part:
-            overflow[0] = overflow[0][part:]
+        with batch:  # released on the way out: no view outlives the write
+            try:
+                os.write(fd, batch)  # at most PIPE_BUF: all, or EAGAIN
+            except BlockingIOError:
+                if held:
+                    self.writers[local.entry + _HELD] += held  # nothing written: still ours
+                return False
+            local.overflow.pop(batch.nbytes, ended)
         return True
 
     def depth(self) -> int:
@@ -249,7 +255,7 @@ class JobQueue:
         if local is None or local.pid != os.getpid():
             return 0
         with local.lock:  # the feeder writes, then takes off what it wrote: never count a job in both places
-            return len(local.overflow)
+            return local.overflow.jobs
 
     def spool_unsent(self) -> int:
         """This process is exiting: write its buffered jobs to a spool file for the worker.
@@ -264,16 +270,16 @@ class JobQueue:
                 raise OSError("this queue has no spool folder")
             return 0
         with local.lock:
-            if not local.overflow:
+            if not local.overflow.jobs:
                 return 0
-            frames = [frame for entry in local.overflow for frame in _parts(entry)]
             name = os.path.join(self.spool_dir, f"{time.time():.6f}-{local.pid}-{next(local.ids)}")
             with open(name + ".tmp", "wb") as f:
-                f.write(b"".join(frames))
+                for run in local.overflow.runs():
+                    f.write(run)
             if local.entry >= 0:
                 self.writers[local.entry + _HELD] = 0  # the file will hold their slots (a kill now leaks them)
             os.rename(name + ".tmp", name + ".jobs")  # whole, or not there
-            count = len(local.overflow)
+            count = local.overflow.jobs
             local.overflow.clear()
         self.ledger[SPOOLED] += 1  # a hint for the reader; it also looks every SPOOL_LOOK_EVERY
         return count
@@ -288,14 +294,11 @@ class JobQueue:
         if local is None or local.pid != os.getpid():
             return []
         with local.lock:
-            entries, local.overflow = list(local.overflow), collections.deque()
+            payloads = _unbegun_payloads(local.overflow.frames())
+            local.overflow.clear()
             if local.entry >= 0:
                 self.writers[local.entry + _HELD] = 0  # before the releases below
-        payloads = []
-        for frames in entries:
-            if not _unbegun(frames):
-                continue  # its first frames are in the pipe
-            payloads.append(b"".join(frame[_HEADER.size:] for frame in _parts(frames)))
+        for _ in payloads:
             self._slots.release()
         return payloads
 
@@ -496,6 +499,8 @@ class JobQueue:
         # Another thread of the parent (a control-socket raise, say) may have held
         # this lock at the fork; in the child nobody would ever release it.
         self._local_lock = threading.Lock()
+        if self._local is not None and self._local.bell >= 0:
+            os.close(self._local.bell)  # the parent's feeder's doorbell: nobody here rings or hears it
         self._local = None  # the parent's buffer and feeder thread are not this process's
 
     def close(self) -> None:
@@ -516,15 +521,36 @@ def _frames(data: bytes, job_id: int) -> tuple[bytes, ...]:
                  for index, chunk in ((i, data[i * _CHUNK:(i + 1) * _CHUNK]) for i in range(count)))
 
 
-def _parts(entry: bytes | tuple[bytes, ...]) -> tuple[bytes, ...]:
-    """A buffered job's frames, from its entry in the buffer."""
-    return (entry,) if type(entry) is bytes else entry
+def _unbegun(frame) -> bool:
+    """Whether *frame*, the first of a job's left in the buffer, is its frame 0: then none of the
+    job is in the pipe yet, and its slot is the buffer's, else the pipe's."""
+    return _HEADER.unpack_from(frame)[2] == 0
 
 
-def _unbegun(entry: bytes | tuple[bytes, ...]) -> bool:
-    """Whether none of a buffered job's frames is in the pipe yet (its first left is frame 0):
-    then its slot is the buffer's, else the pipe's."""
-    return _HEADER.unpack_from(entry if type(entry) is bytes else entry[0])[2] == 0
+def _unbegun_payloads(frames) -> list[bytes]:
+    """The payloads of the jobs whose every frame is in *frames* (a buffer's, in order)."""
+    payloads, parts = [], None
+    for frame in frames:
+        _, _, index, count = _HEADER.unpack_from(frame)
+        if index == 0:
+            parts = []
+        if parts is not None:  # None: the rest of a job whose first frames are in the pipe
+            parts.append(frame[_HEADER.size:])
+            if index == count - 1:
+                payloads.append(b"".join(parts))
+                parts = None
+    return payloads
+
+
+def _restock(local: _Local) -> None:
+    """Map the chunks the buffer wants ready, outside the lock: the raising thread runs on."""
+    for _ in range(local.overflow.needs_spares()):
+        try:
+            memory = prefaulted()
+        except OSError:
+            return  # no memory now: the raising thread maps its own, as without spares
+        with local.lock:
+            local.overflow.give_spare(memory)
 
 
 def _write_some(fd: int, frames: tuple[bytes, ...]) -> tuple[bytes, ...]:
