@@ -316,6 +316,46 @@ def test_a_live_front_end_keeps_its_slots_and_one_that_spooled_its_buffer_is_not
         jobs.close()
 
 
+def buffer_many_chunks(jobs) -> tuple[int, list[bytes]]:
+    """Fill the pipe, then buffer jobs spanning several of the buffer's chunks, some of
+    several frames; return (jobs in the pipe, the buffered payloads in order)."""
+    in_pipe = 0
+    while not jobs.unsent():
+        assert jobs.put([b"p%07d" % in_pipe, b"x" * 1000])
+        in_pipe += 1
+    in_pipe -= 1  # the last one was buffered
+    buffered = [b"p%07d" % in_pipe + b"x" * 1000]
+    while sum(map(len, buffered)) < 3 * overflow.CHUNK:
+        i = len(buffered)
+        buffered.append(b"b%07d" % i + (b"y" * 9000 if i % 50 == 0 else b"z" * (i % 1500)))
+        assert jobs.put([buffered[-1]])
+    time.sleep(0.1)  # nothing reads: the feeder's writes all find the pipe full
+    assert jobs.unsent() == len(buffered)
+    return in_pipe, buffered
+
+
+def test_a_buffer_over_several_chunks_is_spooled_whole_and_read_back_after_the_pipe_in_order():
+    with tempfile.TemporaryDirectory() as spool:
+        jobs = JobQueue(FORK, maxsize=10**6, spool_dir=spool)
+        in_pipe, buffered = buffer_many_chunks(jobs)
+        assert jobs.spool_unsent() == len(buffered) and jobs.unsent() == 0
+        jobs.attach_reader()
+        got, deadline = [], time.monotonic() + 20
+        while len(got) < in_pipe + len(buffered) and time.monotonic() < deadline:
+            got += jobs.receive(1000)
+        assert got[in_pipe:] == buffered and len(got) == in_pipe + len(buffered)
+        assert jobs.depth() == 0 and jobs._slots.get_value() == jobs.maxsize
+        jobs.close()
+
+
+def test_a_discarded_buffer_over_several_chunks_gives_back_every_payload_in_order_and_its_slots():
+    jobs = JobQueue(FORK, maxsize=10**6)
+    in_pipe, buffered = buffer_many_chunks(jobs)
+    assert jobs.discard_unsent() == buffered and jobs.unsent() == 0
+    assert jobs.depth() == in_pipe  # only the pipe's jobs still hold slots
+    jobs.close()
+
+
 def test_a_big_job_crosses_the_pipe_in_several_frames_and_comes_back_whole():
     jobs = JobQueue(FORK, maxsize=10)
     sender = JobSender(jobs)
