@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import gc
 import json
+import logging
 import mmap
 import multiprocessing
 import os
@@ -173,6 +175,22 @@ def test_a_raise_into_the_buffer_copies_into_memory_the_feeder_faulted_in_ahead_
     assert faults < 20 * overflow.CHUNK // mmap.PAGESIZE // 10  # not the 1,280 pages the chunks span
     jobs.attach_reader()
     assert drain_count(jobs, jobs.depth()) > 20 * overflow.CHUNK // 1000 and jobs.flush(2.0) == 0
+    jobs.close()
+
+
+def test_a_buffer_that_cannot_map_memory_ahead_says_so_and_still_delivers_every_job(monkeypatch, caplog):
+    def no_descriptor(*_args):
+        raise OSError(errno.EMFILE, "Too many open files")
+    monkeypatch.setattr(os, "eventfd", no_descriptor)
+    jobs = JobQueue(FORK, maxsize=10**6)
+    n = jobs.capacity // 1000 + 500  # beyond what the pipe holds
+    with caplog.at_level(logging.WARNING, logger="workers.channel.jobqueue"):
+        for i in range(n):
+            assert jobs.put([b"%06d" % i, b"x" * 1000])
+    assert jobs.unsent() > 0
+    assert "cannot map its memory ahead (Too many open files)" in caplog.text
+    jobs.attach_reader()
+    assert drain_count(jobs, n) == n and jobs.flush(2.0) == 0
     jobs.close()
 
 

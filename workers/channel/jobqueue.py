@@ -188,8 +188,12 @@ class JobQueue:
     def _start_feeder(self, local: _Local) -> None:
         # In the process that buffers, the first time it does (post-fork by nature).
         self._claim_entry(local)
-        local.bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        local.overflow.give_spare(prefaulted())  # the first chunk, before the first job is added to it
+        try:
+            local.bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            local.overflow.give_spare(prefaulted())  # the first chunk, before the first job is added to it
+        except OSError as exc:  # no descriptor or no memory now: the buffer still works, its raises fault
+            log.warning("process %d's overflow buffer cannot map its memory ahead (%s): raises that "
+                        "buffer jobs may take page faults", local.pid, exc.strerror or exc)
         local.feeder = threading.Thread(target=self._feed, args=(local,), name="opsevent-feeder", daemon=True)
         local.feeder.start()
         if self.on_first_overflow is not None:
@@ -212,7 +216,8 @@ class JobQueue:
         fd = self._write_fd
         poller = select.poll()  # poll(), not select(): select() cannot watch a descriptor numbered 1024 or more
         poller.register(fd, select.POLLOUT)
-        poller.register(local.bell, select.POLLIN)
+        if local.bell >= 0:
+            poller.register(local.bell, select.POLLIN)
         while True:
             _restock(local)
             # The writes never block, so they are made under the lock: a
