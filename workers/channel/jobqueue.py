@@ -107,9 +107,9 @@ class _Local:
         self.wake = threading.Condition(self.lock)
         # The frames themselves, copied into big chunks: no object per job for the garbage
         # collector to walk, and no page fault in the raising thread (overflow.py).
-        self.overflow = OverflowBuffer(on_spare_taken=self._ring)
+        self.overflow = OverflowBuffer(on_new_chunk=self._ring)
         self.feeder: threading.Thread | None = None
-        self.bell = -1  # an eventfd: the feeder waiting for the pipe also wakes for a spare chunk taken
+        self.bell = -1  # an eventfd: the feeder waiting for the pipe also wakes when a chunk is started
         self.entry = -1  # its index in the writers' table (u64 offset), once it has buffered a job
 
     def _ring(self) -> None:

@@ -3,12 +3,13 @@
 Theory of operation.  While the RabbitMQ worker is behind, a flooding
 front-end buffers jobs as fast as it raises them, and the buffer grows by
 megabytes.  Kept as one Python object per job, each new page the allocator
-touched was a page fault in the raising thread: on this project's virtual
-machine 4-40 µs, one raise in twenty, most of the caller's p99.  Here the
-frames are copied into a few big chunks of anonymous memory, and the pages
-of the chunks to come are faulted in ahead of time by the feeder thread
-(``restock``: ``mmap`` with ``MAP_POPULATE``, which runs without the GIL), so
-the raising thread only copies bytes into memory that is already there.  A
+touched was a page fault in the raising thread: about one raise in ten, each
+fault 4-40 µs on this project's virtual machine, most of the caller's p99.
+Here the frames are copied into a few big chunks of anonymous memory, and
+the pages of the chunks to come are faulted in ahead of time by the job
+queue's feeder thread (``prefaulted()``: ``mmap`` with ``MAP_POPULATE``,
+which runs without the GIL), so the raising thread only copies bytes into
+memory that is already there.  A
 chunk the feeder has emptied is kept as a spare (up to ``SPARES``), so a
 buffer that grows and shrinks again and again faults nothing after its
 first round; the others are unmapped, and the memory goes back.
@@ -23,8 +24,8 @@ that adds its frames (all of them, or the rest of a job the pipe took the
 first frames of) until its last frame is taken off.  Frames never straddle
 two chunks.
 
-Not thread-safe: the job queue calls it under its per-process lock, except
-``restock``, which makes memory and takes the lock only to hand it over.
+Not thread-safe: the job queue calls it under its per-process lock; only
+``prefaulted()`` runs outside it, and ``give_spare`` hands its chunk over.
 """
 
 from __future__ import annotations
@@ -48,50 +49,44 @@ class _Chunk:
 
 
 class OverflowBuffer:
-    def __init__(self, on_spare_taken=None):
-        self._on_spare_taken = on_spare_taken  # called, under the lock, when a new chunk was needed
+    def __init__(self, on_new_chunk=None):
+        self._on_new_chunk = on_new_chunk  # called, under the lock, when the raising thread starts a chunk
         self.jobs = 0  # jobs with at least one frame here
         self.faulted = 0  # chunks the raising thread had to map itself (no spare ready)
         self._chunks: collections.deque[_Chunk] = collections.deque()
         self._spares: list[mmap.mmap] = []
 
-    def __len__(self) -> int:
-        return self.jobs
-
     # -- adding (the raising thread) --------------------------------------------------
 
     def add(self, frame: bytes) -> None:
         """One whole job of one frame."""
-        chunk = self._room(len(frame))
-        end = chunk.end + len(frame)
-        chunk.memory[chunk.end:end] = frame
-        chunk.end = end
+        self._copy(frame)
         self.jobs += 1
 
     def add_frames(self, frames) -> None:
         """One job's frames: all of them, or those the pipe did not take."""
         for frame in frames:
-            chunk = self._room(len(frame))
-            end = chunk.end + len(frame)
-            chunk.memory[chunk.end:end] = frame
-            chunk.end = end
+            self._copy(frame)
         self.jobs += 1
 
-    def _room(self, size: int) -> _Chunk:
-        chunks = self._chunks
-        if chunks:
-            tail = chunks[-1]
-            if tail.end + size <= CHUNK:
-                return tail
+    def _copy(self, frame: bytes) -> None:
+        chunk = self._chunks[-1] if self._chunks else None
+        if chunk is None or chunk.end + len(frame) > CHUNK:
+            chunk = self._new_chunk()
+        end = chunk.end + len(frame)
+        chunk.memory[chunk.end:end] = frame
+        chunk.end = end
+
+    def _new_chunk(self) -> _Chunk:
         if self._spares:
             memory = self._spares.pop()
         else:
             memory = mmap.mmap(-1, CHUNK)  # its pages fault in here, one by one, as before
             self.faulted += 1
-        if self._on_spare_taken is not None:
-            self._on_spare_taken()
+        if self._on_new_chunk is not None:
+            self._on_new_chunk()
         chunk = _Chunk(memory)
-        chunks.append(chunk)
+        self._chunks.append(chunk)
         return chunk
 
     # -- taking off (the feeder thread) -------------------------------------------------
