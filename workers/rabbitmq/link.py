@@ -491,7 +491,10 @@ class BrokerLink:
             self._finish_rechannel(time.monotonic())
 
     def _settle_acked(self, settled) -> None:
-        """The broker took these: confirmed, or unroutable if it returned them first."""
+        """The broker took these: confirmed, or unroutable if it returned them first.
+
+        ``_resolve(item, CONFIRMED)`` for a whole ack at once (the same flag, sync count and
+        stats, then one ``confirmed`` call instead of one ``done`` per item): keep the two alike."""
         confirmed, syncs = [], 0
         for _tag, item in settled:
             if item.resolved:
