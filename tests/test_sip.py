@@ -144,6 +144,54 @@ def test_a_response_is_not_a_request():
         parse_request(b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h\r\n\r\n")
 
 
+def outcome(data):
+    """What parse_request makes of *data*: the Request, or the error's type and text."""
+    try:
+        return parse_request(data)
+    except SipParseError as exc:
+        return type(exc), str(exc)
+
+
+@pytest.mark.parametrize("what,data", [(p[0], p[1]) for p in PARSES] + MALFORMED,
+                         ids=[p[0] for p in PARSES] + [m[0] for m in MALFORMED])
+def test_a_request_parses_the_same_whether_its_header_names_were_seen_before_or_not(what, data):
+    sip._SEEN.clear()
+    cold = outcome(data)
+    assert outcome(data) == cold
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, len(GOOD) - 1), st.binary(min_size=1, max_size=8))
+def test_a_mutated_request_parses_the_same_with_its_header_names_seen_before_or_not(at, junk):
+    data = GOOD[:at] + junk + GOOD[at + len(junk):]
+    sip._SEEN.clear()
+    cold = outcome(data)
+    assert outcome(data) == cold
+
+
+def test_a_header_name_seen_before_is_still_refused_without_its_colon():
+    parse_request(GOOD)
+    assert b"Max-Forwards" in sip._SEEN
+    with pytest.raises(SipParseError, match="bad header line"):
+        parse_request(GOOD.replace(b"Max-Forwards: 70", b"Max-Forwards"))
+
+
+def test_a_bad_header_name_is_never_remembered():
+    sip._SEEN.clear()
+    with pytest.raises(SipParseError, match="bad header line"):
+        parse_request(GOOD.replace(b"Max-Forwards", b"Max\0Forwards"))
+    assert b"Max\0Forwards" not in sip._SEEN
+
+
+def test_made_up_header_names_do_not_grow_the_names_seen_past_their_bound():
+    sip._SEEN.clear()
+    for i in range(2 * sip._SEEN_MAX):
+        req = parse_request(message(extra=b"X-Made-Up-%d: %d\r\n" % (i, i)))
+        assert req.call_id == b"c1@127.0.0.1"
+    assert len(sip._SEEN) == sip._SEEN_MAX
+    assert parse_request(message(extra=b"v: SIP/2.0/UDP proxy;branch=p\r\n")).vias[1] == b"SIP/2.0/UDP proxy;branch=p"
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=600))
 def test_random_bytes_never_crash_the_parser(data):

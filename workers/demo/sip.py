@@ -30,7 +30,9 @@ the table like any answer, so its retransmissions get the 503 again.
 Parsing is pure (no I/O) and small: ``parse_request`` reads the request line,
 the headers a reply needs (Via, From, To, Call-ID, CSeq; compact forms and
 folded lines included), Content-Length and the body.  It accepts CRLF line
-ends, or bare LF throughout, and nothing looser.
+ends, or bare LF throughout, and nothing looser.  It remembers the header
+names it has checked (512 at most), so a request of the usual headers costs
+one look-up per line.
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ REASONS = {
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 _TIMESPEC = struct.Struct("@qq")
+_DOUBLE = struct.Struct("<d")  # a transaction's expiry time
+_CODE = struct.Struct("<H")  # its answer's status code (0: being processed)
 
 
 # ---- parsing (pure) -----------------------------------------------------------------
@@ -97,6 +101,11 @@ _WANTED = {b"via": 0, b"v": 0, b"from": 1, b"f": 1, b"to": 2, b"t": 2, b"call-id
            b"cseq": 4, b"content-length": 5, b"l": 5}
 _NAMES = ("Via", "From", "To", "Call-ID", "CSeq", "Content-Length")
 _SKIP: list = []
+# Header names as written (before the colon) -> their slot in parse_request's list, or -1
+# for one it skips: a name checked once is not lowered and checked again for each
+# request.  Bounded, so a stream of made-up names cannot grow it.
+_SEEN: dict = {}
+_SEEN_MAX = 512
 _DIGITS = re.compile(rb"[0-9]{1,10}\Z")
 
 
@@ -153,18 +162,19 @@ def parse_request(data: bytes) -> Request:
             if current is not _SKIP:
                 current[-1] = current[-1] + b" " + line.strip()
             continue
-        colon = line.find(b":")
-        name = line[:colon].strip().lower()
-        if colon < 0 or not name or name.translate(None, _TOKEN_CHARS):
+        name, colon, value = line.partition(b":")
+        if not colon:
             raise SipParseError("bad header line")
-        slot = _WANTED.get(name)
+        slot = _SEEN.get(name)
         if slot is None:
+            slot = _header_slot(name)
+        if slot < 0:
             current = _SKIP
             continue
         current = found[slot]
         if current is None:
             current = found[slot] = []
-        current.append(line[colon + 1:].strip())
+        current.append(value.strip())
 
     vias, froms, tos, call_ids, cseqs, lengths = found
     for name, values in zip(_NAMES, found):
@@ -192,6 +202,17 @@ def parse_request(data: bytes) -> Request:
             raise SipParseError("body shorter than Content-Length (truncated)")
         body = data[body_at:body_at + n]
     return Request(method, uri, vias, from_, to, call_id, cseq, body)
+
+
+def _header_slot(name: bytes) -> int:
+    """The slot of a header name as written, or -1; SipParseError if it is not a token."""
+    clean = name.strip().lower()
+    if not clean or clean.translate(None, _TOKEN_CHARS):
+        raise SipParseError("bad header line")
+    slot = _WANTED.get(clean, -1)
+    if len(_SEEN) < _SEEN_MAX:
+        _SEEN[name] = slot
+    return slot
 
 
 def ruri_user(uri: bytes) -> bytes | None:
@@ -309,11 +330,12 @@ class TransactionTable:
         return bucket * self.BUCKET, self.locks[bucket % len(self.locks)]
 
     def _find(self, off: int, key: bytes) -> int:
-        digests = self.mm[off:off + self._EXPIRES]
-        i = digests.find(key)
-        while i >= 0 and i % 16:
-            i = digests.find(key, i + 1)
-        return -1 if i < 0 else i // 16
+        # In the mapping itself (no copy of the bucket), at a digest's boundary only.
+        mm, end = self.mm, off + self._EXPIRES
+        i = mm.find(key, off, end)
+        while i >= 0 and (i - off) % 16:
+            i = mm.find(key, i + 1, end)
+        return -1 if i < 0 else (i - off) // 16
 
     def begin(self, key: bytes, code: int = 0, now: float | None = None):
         """Look *key* up and claim it if new; return ``(state, code)``.
@@ -329,19 +351,18 @@ class TransactionTable:
             return BUSY, 0
         try:
             mm = self.mm
-            expires = self._expires.unpack_from(mm, off + self._EXPIRES)
             slot = self._find(off, key)
-            if slot >= 0 and expires[slot] > now:
-                old = struct.unpack_from("<H", mm, off + self._CODES + 2 * slot)[0]
-                return (ANSWERED, old) if old else (PENDING, 0)
-            if slot < 0:
-                slot = min(range(self.SLOTS), key=expires.__getitem__)
-                if expires[slot] > now:
+            if slot >= 0:
+                if _DOUBLE.unpack_from(mm, off + self._EXPIRES + 8 * slot)[0] > now:
+                    old = _CODE.unpack_from(mm, off + self._CODES + 2 * slot)[0]
+                    return (ANSWERED, old) if old else (PENDING, 0)
+            else:  # the slot that expires first, if it has
+                expires = self._expires.unpack_from(mm, off + self._EXPIRES)
+                first = min(expires)
+                if first > now:
                     return FULL, 0
-            base = off + 16 * slot
-            mm[base:base + 16] = key
-            struct.pack_into("<d", mm, off + self._EXPIRES + 8 * slot, now + self.lifetime)
-            struct.pack_into("<H", mm, off + self._CODES + 2 * slot, code)
+                slot = expires.index(first)
+            self._record(off, slot, now, code, key)
             return NEW, code
         finally:
             lock.release()
@@ -356,11 +377,17 @@ class TransactionTable:
             slot = self._find(off, key)
             if slot < 0:
                 return False
-            struct.pack_into("<d", self.mm, off + self._EXPIRES + 8 * slot, now + self.lifetime)
-            struct.pack_into("<H", self.mm, off + self._CODES + 2 * slot, code)
+            self._record(off, slot, now, code)
             return True
         finally:
             lock.release()
+
+    def _record(self, off: int, slot: int, now: float, code: int, key: bytes | None = None) -> None:
+        mm = self.mm
+        if key is not None:
+            mm[off + 16 * slot:off + 16 * slot + 16] = key
+        _DOUBLE.pack_into(mm, off + self._EXPIRES + 8 * slot, now + self.lifetime)
+        _CODE.pack_into(mm, off + self._CODES + 2 * slot, code)
 
     def live(self, now: float | None = None) -> int:
         """Entries not yet expired (a full scan: for reports and tests)."""
