@@ -90,11 +90,17 @@ def overload(broker, rate, duration=10, processes=4, limit=None) -> dict:
     return _figures(r)
 
 
+def _shed(server: dict) -> str:
+    """Why the server answered 503: a MESSAGE too old when read, or the job queue full."""
+    age, queue = server.get("shed_age", 0), server.get("shed_queue", 0)
+    text = f"server shed {age + queue:,}"
+    return text if not age + queue else f"{text}: {age:,} waited over shed_age, {queue:,} found the job queue full"
+
+
 def _line(name: str, f: dict) -> str:
-    shed = f["server"].get("shed_age", 0) + f["server"].get("shed_queue", 0)
     text = (f"{name}: {f['events_per_s']:,.0f} events/s ({f['events']:,} events), sent {f['sent']:,} "
             f"+ {f['retransmissions']:,} retransmissions, 200 {f['answered_200']:,}, 503 {f['answered_503']:,} "
-            f"(server shed {shed:,}), p50/p90/p99/max {f['p50_ms']}/{f['p90_ms']}/{f['p99_ms']}/{f['max_ms']} ms")
+            f"({_shed(f['server'])}), p50/p90/p99/max {f['p50_ms']}/{f['p90_ms']}/{f['p99_ms']}/{f['max_ms']} ms")
     if "duplicate_events" in f:
         text += (f"; duplicates {f['duplicate_events']}, 200 without event {f['answered_200_without_event']}, "
                  f"503 with event {f['shed_503_with_event']}, exact {f['ok']}")

@@ -493,7 +493,8 @@ def summary(r: DemoResult) -> str:
                                   if sp.rtt_ms else "none recorded"),
         f"server              {s.get('messages', 0):,} MESSAGE transactions, "
         f"{s.get('retrans_answered', 0):,} retransmissions re-answered, "
-        f"{s.get('retrans_absorbed', 0):,} absorbed, {s.get('shed_age', 0) + s.get('shed_queue', 0):,} shed, "
+        f"{s.get('retrans_absorbed', 0):,} absorbed, {s.get('shed_age', 0):,} shed (waited too long), "
+        f"{s.get('shed_queue', 0):,} shed (job queue full), "
         f"{s.get('malformed', 0):,} malformed",
         "time in the server  " + "  ".join(f"p{q} < {sip.sojourn_percentile(s, q)} ms" for q in (50, 99, 99.9))
         + "  (kernel receive timestamp to reply)",
