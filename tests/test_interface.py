@@ -257,6 +257,9 @@ def test_settings_defaults_are_the_documented_ones():
     ({"connect_timeout": -1}, "connect_timeout must be a finite number of seconds > 0"),
     ({"drain_timeout": -0.5}, "drain_timeout must be a finite number of seconds >= 0, not -0.5"),
     ({"drain_timeout": float("inf")}, "drain_timeout must be a finite number"),
+    ({"linger": -0.001}, "linger must be a finite number of seconds >= 0, not -0.001"),
+    ({"linger": "1ms"}, "linger must be a number of seconds (>= 0), not str '1ms'"),
+    ({"linger": 0.5}, "linger must be at most 0.1 s (it delays async publishes), not 0.5"),
     ({"reconnect_min": 0}, "reconnect_min must be a finite number of seconds > 0"),
     ({"reconnect_min": 2.0, "reconnect_max": 1.0},
      "reconnect_max (1.0) is less than reconnect_min (2.0)"),
@@ -343,6 +346,11 @@ def test_a_socket_naming_a_tls_domain_the_settings_lack_is_refused_at_subscribe(
 def test_an_unknown_setting_is_refused_by_name():
     with pytest.raises(ConfigError, match="unknown setting.* heartbeet"):
         EventInterface(heartbeet=3)
+
+
+def test_linger_is_a_millisecond_by_default_and_zero_turns_it_off():
+    assert Settings().linger == 0.001
+    assert Settings(linger=0).linger == 0.0 and Settings(linger=0.1).linger == 0.1
 
 
 def test_drain_timeout_of_zero_is_allowed():

@@ -12,7 +12,7 @@ import time
 import pytest
 
 import opsevent
-from opsevent import encode_event, parse_socket
+from opsevent import encode_event, interface, parse_socket
 from workers.channel import job
 from workers.channel.jobqueue import JobQueue
 from workers.channel.replies import ReplyBox
@@ -147,6 +147,98 @@ def test_more_jobs_than_one_turn_takes_are_all_handled_though_nothing_more_arriv
     try:
         turn_until(w, lambda: w.stats["confirmed"] == n, timeout=30)
         assert w.jobs.waiting() == 0 and jobs.depth() == 0
+    finally:
+        w.shutdown()
+        jobs.close()
+
+
+def lingering_worker(linger=1.0, **settings):
+    # A linger far longer than the setting allows: slow machines still get their confirms within it.
+    jobs = JobQueue(FORK, maxsize=1000)
+    w = RabbitMQWorker(jobs, opsevent.Settings(linger=linger, sync_timeout=5.0, **settings))
+    w.init_process(install_signals=False)
+    return w, jobs
+
+
+def test_after_a_turn_of_a_few_async_jobs_the_worker_lingers_then_reads_the_next_ones_in_one_turn(
+        broker, queue_name, monkeypatch):
+    monkeypatch.setattr(interface, "MAX_LINGER", 10.0)
+    declare_queue(broker, queue_name)
+    w, jobs = lingering_worker()
+    sockets = [parse_socket(broker.socket(queue_name))]
+    try:
+        for i in range(3):
+            assert jobs.put([a_job(sockets, b"E_LINGER\nn::%d\n" % i)])
+        turn_until(w, lambda: w.stats["jobs"] == 3)
+        assert w.lingering and not w.reading and w.stats["lingered"] == 1
+        for i in range(3, 8):
+            assert jobs.put([a_job(sockets, b"E_LINGER\nn::%d\n" % i)])
+        turn_until(w, lambda: w.stats["confirmed"] == 3)  # pika's turns go on meanwhile
+        assert w.stats["jobs"] == 3 and w.lingering  # the pipe is not read while it lingers
+        turn_until(w, lambda: w.stats["jobs"] > 3)
+        assert w.stats["jobs"] == 8  # the five that waited, in one turn
+        turn_until(w, lambda: w.stats["confirmed"] == 8)
+        assert consume(broker, queue_name, 8, timeout=5) == [b"E_LINGER\nn::%d\n" % i for i in range(8)]
+    finally:
+        w.shutdown()
+        jobs.close()
+
+
+def test_a_turn_that_read_a_sync_job_never_lingers_and_its_caller_is_answered_at_once(broker, queue_name):
+    declare_queue(broker, queue_name)
+    w, jobs = lingering_worker(linger=0.1)
+    sockets = [parse_socket(broker.socket(queue_name))]
+    box = ReplyBox()
+    try:
+        assert jobs.put([a_job(sockets, b"E_ASYNC\n")])
+        assert jobs.put([sync_job(box, 9, sockets, b"E_SYNC\n")])
+        turn_until(w, lambda: w.stats["jobs"] == 2)
+        assert w.reading and not w.lingering and w.stats["lingered"] == 0
+        turn_until(w, lambda: w.stats["confirmed"] == 2)
+        assert box.wait(9, time.monotonic() + 2) == (("confirmed", ""),)
+    finally:
+        w.shutdown()
+        jobs.close()
+
+
+@pytest.mark.parametrize("linger, stopping", [(0, False), (0.1, True)], ids=["linger 0", "stopping"])
+def test_a_worker_with_linger_zero_or_stopping_reads_every_job_as_it_comes(broker, queue_name, linger, stopping):
+    declare_queue(broker, queue_name)
+    w, jobs = lingering_worker(linger=linger)
+    w.stop_requested = stopping
+    sockets = [parse_socket(broker.socket(queue_name))]
+    try:
+        for i in range(3):
+            assert jobs.put([a_job(sockets, b"E_NOW\n")])
+            turn_until(w, lambda: w.stats["jobs"] == i + 1)
+            assert w.reading and not w.lingering
+        assert w.stats["lingered"] == 0
+    finally:
+        w.shutdown()
+        jobs.close()
+
+
+def test_a_linger_that_ends_with_the_backlog_full_leaves_the_queue_unwatched_until_confirms_bring_it_to_half(
+        broker, queue_name):
+    declare_queue(broker, queue_name)
+    w, jobs = lingering_worker(linger=0.05, backlog_size=4)
+    sockets = [parse_socket(broker.socket(queue_name))]
+    try:
+        for i in range(3):
+            assert jobs.put([a_job(sockets, b"E_FULL\n")])
+        turn_until(w, lambda: w.stats["jobs"] == 3)
+        assert w.lingering
+        w.outstanding = 4  # the backlog full when the linger ends (a fan-out, a slow broker)
+        w._end_linger()
+        assert not w.lingering and not w.reading
+        w.outstanding = 3
+        w._confirmed(())  # how a link reports an ack: above half, still paused
+        assert not w.reading
+        w.outstanding = 0
+        w._confirmed(())
+        assert w.reading
+        assert jobs.put([a_job(sockets, b"E_FULL\n")])
+        turn_until(w, lambda: w.stats["confirmed"] == 4)
     finally:
         w.shutdown()
         jobs.close()

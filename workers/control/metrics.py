@@ -74,6 +74,8 @@ TOTALS = {
     "worker_starts": ("opsevent_worker_starts", "counter", "RabbitMQ worker processes started by the service."),
     "paused_reading": ("opsevent_paused_reading", "counter",
                        "Times the worker stopped reading the queue at its backlog or memory bound."),
+    "lingered": ("opsevent_lingered", "counter",
+                 "Turns of a few async jobs after which the worker left the queue unwatched for linger."),
 }
 OUTCOMES = ("confirmed", "nacked", "unroutable", "failed", "timeout")
 

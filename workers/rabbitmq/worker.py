@@ -96,7 +96,9 @@ class RabbitMQWorker:
         self.stats = collections.Counter()
         self.outstanding = 0  # publishes handed to links and not yet resolved
         self.outstanding_bytes = 0
-        self.reading = True
+        self.reading = True  # the shared queue's pipe is watched
+        self.lingering = False  # unwatched for Settings.linger after a small turn (_linger)
+        self.sync_read = False  # this turn read a sync job: no lingering after it
         self.stop_requested = False
         self.finished = False
         self._failures: dict[Status, Tally] = {}  # async failures by status, logged while they last
@@ -182,6 +184,8 @@ class RabbitMQWorker:
     def _on_jobs(self, _unused_fd, _unused_events) -> None:
         # Small batches, checking the bounds between them: a batch of big or
         # widely fanned-out jobs must not overshoot the memory bound.
+        self.sync_read = False
+        handled = 0
         for _ in range(JOBS_PER_TURN // JOBS_PER_READ):
             room = self.settings.backlog_size - self.outstanding  # exact for one subscriber per job
             if room <= 0:
@@ -190,17 +194,43 @@ class RabbitMQWorker:
             jobs = self.jobs.receive(want)
             for payload in jobs:
                 self.handle(payload)
+            handled += len(jobs)
             if len(jobs) < want or self._saturated():
                 break
         for link in self.links.values():
             link.flush()
         if self._saturated():
             # Level-triggered poller: stop watching the pipe, or it would spin.
-            self.ioloop.remove_handler(self.jobs.fileno())
-            self.reading = False
+            self._unwatch_jobs()
             self.stats["paused_reading"] += 1
+        elif handled < JOBS_PER_READ and not self.sync_read and self.settings.linger and self.reading \
+                and not self.stop_requested:
+            self._linger()
         else:
             self._more_if_waiting()
+
+    def _linger(self) -> None:
+        # A few async jobs: every one of them had woken this process and cost
+        # a publish write and a broker read.  Unwatched a moment, the pipe
+        # gathers the next ones for one read and one batch (Settings.linger).
+        self._unwatch_jobs()
+        self.lingering = True
+        self.stats["lingered"] += 1
+        self.ioloop.call_later(self.settings.linger, self._end_linger)
+
+    def _end_linger(self) -> None:
+        self.lingering = False
+        if not self.reading and not self._saturated():  # saturated: confirms resume it (_resume_reading)
+            self._watch_jobs()
+
+    def _unwatch_jobs(self) -> None:
+        self.ioloop.remove_handler(self.jobs.fileno())
+        self.reading = False
+
+    def _watch_jobs(self) -> None:
+        self.ioloop.add_handler(self.jobs.fileno(), self._on_jobs, PollEvents.READ)
+        self.reading = True
+        self._more_if_waiting()
 
     def _more_if_waiting(self) -> None:
         # Jobs already read from the pipe wake no poller: take them next turn,
@@ -219,11 +249,9 @@ class RabbitMQWorker:
                 or self.outstanding_bytes >= MAX_OUTSTANDING_BYTES)
 
     def _resume_reading(self) -> None:
-        if not self.reading and self.outstanding <= self.settings.backlog_size // 2 \
+        if not self.reading and not self.lingering and self.outstanding <= self.settings.backlog_size // 2 \
                 and self.outstanding_bytes <= MAX_OUTSTANDING_BYTES // 2:
-            self.ioloop.add_handler(self.jobs.fileno(), self._on_jobs, PollEvents.READ)
-            self.reading = True
-            self._more_if_waiting()
+            self._watch_jobs()
 
     def handle(self, payload) -> None:
         seq, reply, event, message_id, sockets, body, raised_at = job.decode(payload)
@@ -232,6 +260,7 @@ class RabbitMQWorker:
         n = len(targets)
         deadline = None
         if reply is not None:
+            self.sync_read = True  # its caller waits: no lingering after this turn
             # Answer a little before the caller gives up, so it gets the reason.
             timeout = self.settings.sync_timeout
             deadline = raised_at + timeout - min(0.05, timeout / 10)
