@@ -153,7 +153,7 @@ class Settings:
         none of them sync, the worker leaves the shared queue unwatched this
         long, so that the next jobs are read and published together instead
         of each waking it: at a few thousand events a second this takes
-        about a third off the worker's CPU per event. Async events wait at
+        about a quarter off the worker's CPU per event. Async events wait at
         most this much longer to be published; a sync job never makes the
         worker linger (one that comes during a linger waits for its end);
         0 turns it off; 0..0.1.

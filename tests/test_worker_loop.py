@@ -152,8 +152,7 @@ def test_more_jobs_than_one_turn_takes_are_all_handled_though_nothing_more_arriv
         jobs.close()
 
 
-def lingering_worker(linger=1.0, **settings):
-    # A linger far longer than the setting allows: slow machines still get their confirms within it.
+def lingering_worker(linger, **settings):
     jobs = JobQueue(FORK, maxsize=1000)
     w = RabbitMQWorker(jobs, opsevent.Settings(linger=linger, sync_timeout=5.0, **settings))
     w.init_process(install_signals=False)
@@ -162,9 +161,10 @@ def lingering_worker(linger=1.0, **settings):
 
 def test_after_a_turn_of_a_few_async_jobs_the_worker_lingers_then_reads_the_next_ones_in_one_turn(
         broker, queue_name, monkeypatch):
+    # A linger far longer than the setting allows: a slow machine still gets its confirms within it.
     monkeypatch.setattr(interface, "MAX_LINGER", 10.0)
     declare_queue(broker, queue_name)
-    w, jobs = lingering_worker()
+    w, jobs = lingering_worker(linger=1.0)
     sockets = [parse_socket(broker.socket(queue_name))]
     try:
         for i in range(3):
