@@ -203,8 +203,7 @@ class RabbitMQWorker:
             # Level-triggered poller: stop watching the pipe, or it would spin.
             self._unwatch_jobs()
             self.stats["paused_reading"] += 1
-        elif handled < JOBS_PER_READ and not self.sync_read and self.settings.linger and self.reading \
-                and not self.stop_requested:
+        elif handled < JOBS_PER_READ and not self.sync_read and self.settings.linger and not self.stop_requested:
             self._linger()
         else:
             self._more_if_waiting()
@@ -219,8 +218,9 @@ class RabbitMQWorker:
         self.ioloop.call_later(self.settings.linger, self._end_linger)
 
     def _end_linger(self) -> None:
+        # Nothing else watches the pipe again while it lingers (_resume_reading waits for this).
         self.lingering = False
-        if not self.reading and not self._saturated():  # saturated: confirms resume it (_resume_reading)
+        if not self._saturated():  # saturated: confirms resume it (_resume_reading)
             self._watch_jobs()
 
     def _unwatch_jobs(self) -> None:
