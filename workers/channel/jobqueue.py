@@ -29,9 +29,6 @@ per-process overflow buffer and feeder thread when it has not.
   so a process's jobs keep their order.  The buffer (``overflow.py``) copies
   the frames into chunks of memory the feeder has faulted in ahead, so a
   raise that buffers takes no page fault and leaves no object per job.
-  A direct write cannot wait, so it is made holding the GIL
-  (``write_holding_gil``): other threads of the process do not take the
-  raising thread's turn while it is in the kernel.
 * Because every write is one whole frame, the pipe always holds whole
   frames.  The worker asks how many bytes are there (``FIONREAD``) and reads
   exactly that many in one ``read``: many jobs per system call, and the pipe
@@ -70,10 +67,7 @@ per-process overflow buffer and feeder thread when it has not.
 
 from __future__ import annotations
 
-import _thread
 import collections
-import ctypes
-import errno
 import fcntl
 import itertools
 import logging
@@ -167,8 +161,7 @@ class JobQueue:
                 frame = _HEADER.pack(len(data), job_id, 0, 1) + data
                 if not buffer.jobs:
                     try:
-                        # The usual case: one whole frame, one write.
-                        (write_holding_gil if _other_threads() else os.write)(self._write_fd, frame)
+                        os.write(self._write_fd, frame)  # the usual case: one whole frame, one write
                         return True
                     except BlockingIOError:
                         pass
@@ -567,50 +560,12 @@ def _restock(local: _Local) -> None:
 
 def _write_some(fd: int, frames: tuple[bytes, ...]) -> tuple[bytes, ...]:
     """Write frames until the pipe is full; return those not written."""
-    write = write_holding_gil if _other_threads() else os.write
     for i, frame in enumerate(frames):
         try:
-            write(fd, frame)  # at most PIPE_BUF bytes: all of it, or EAGAIN and none
+            os.write(fd, frame)  # at most PIPE_BUF bytes: all of it, or EAGAIN and none
         except BlockingIOError:
             return frames[i:]
     return ()
-
-
-def write_holding_gil(fd: int, frame: bytes) -> None:
-    """``os.write(fd, frame)`` for a frame of at most ``PIPE_BUF`` bytes on a non-blocking
-    pipe, without letting go of the GIL: all of it is written, or ``BlockingIOError``.
-
-    Such a write cannot wait, yet ``os.write`` releases the GIL around it: with
-    other threads of the process ready to run, one took the GIL and the raising
-    thread then waited for it back (64 threads raising sync events: about 4.5
-    context switches per raise with ``os.write``, 2.8 with this).  ctypes'
-    ``PyDLL`` calls libc's ``write`` holding the GIL; without ctypes, os.write.
-    """
-    while True:
-        written = _libc_write(fd, frame, len(frame))
-        if written == len(frame):
-            return
-        if written >= 0:  # POSIX forbids it for <= PIPE_BUF bytes: never leave a torn frame unsaid
-            raise OSError(errno.EIO, f"short write to the job pipe: {written} of {len(frame)} bytes")
-        code = ctypes.get_errno()
-        if code == errno.EAGAIN:
-            raise BlockingIOError(code, os.strerror(code))
-        if code != errno.EINTR:
-            raise OSError(code, os.strerror(code))
-
-
-def _os_write(fd: int, frame: bytes, _size: int) -> int:
-    return os.write(fd, frame)
-
-
-# How many threads besides the main one run in this process (C, tens of ns): with none,
-# nobody can take the GIL during a write, and os.write is the cheaper call.
-_other_threads = getattr(_thread, "_count", lambda: 1)
-
-try:
-    _libc_write = ctypes.PyDLL(None, use_errno=True).write  # PyDLL: the call keeps the GIL
-except (AttributeError, OSError):  # no libc symbols to call: the plain write, GIL released
-    _libc_write = _os_write
 
 
 def _wait_for(fd: int, event: int) -> None:
