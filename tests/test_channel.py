@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import fcntl
 import gc
@@ -12,6 +14,7 @@ import multiprocessing
 import os
 import resource
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -21,7 +24,7 @@ import pytest
 import hypothesis.strategies as st
 
 from opsevent import Status, parse_socket
-from workers.channel import job, overflow, replies
+from workers.channel import job, jobqueue, overflow, replies
 from workers.channel.jobqueue import JobQueue
 from workers.channel.replies import Replier, ReplyBox
 from workers.channel.sender import JobSender
@@ -382,6 +385,118 @@ def test_a_big_job_crosses_the_pipe_in_several_frames_and_comes_back_whole():
     jobs.attach_reader()
     (payload,) = jobs.receive(10)
     assert job.decode(payload)[5] == body
+    jobs.close()
+
+
+# The raising thread's pipe write: libc's write called holding the GIL, and the
+# fallback where libc's symbols cannot be found (plain os.write).
+WRITES = [pytest.param(jobqueue._load_libc_write(), id="libc-holding-gil"),
+          pytest.param(jobqueue._os_write, id="os-write-fallback")]
+
+
+@pytest.fixture
+def pipe():
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    yield read_fd, write_fd
+    for fd in (read_fd, write_fd):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+@pytest.mark.parametrize("libc_write", WRITES)
+def test_a_frame_written_holding_the_gil_arrives_whole_and_a_full_pipe_is_eagain_with_nothing_written(
+        pipe, libc_write, monkeypatch):
+    monkeypatch.setattr(jobqueue, "_libc_write", libc_write)
+    read_fd, write_fd = pipe
+    frame = bytes(range(256)) * 16  # PIPE_BUF bytes
+    jobqueue.write_holding_gil(write_fd, frame)
+    assert os.read(read_fd, 8192) == frame
+    written = 0
+    while True:  # fill the pipe
+        try:
+            jobqueue.write_holding_gil(write_fd, frame)
+            written += len(frame)
+        except BlockingIOError as exc:
+            assert exc.errno == errno.EAGAIN
+            break
+    os.set_blocking(read_fd, False)
+    got = b""
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(read_fd, 1 << 20):
+            got += chunk
+    assert got == frame * (written // len(frame))  # whole frames only: the refused one left nothing
+
+
+@pytest.mark.parametrize("libc_write", WRITES)
+def test_a_write_to_a_closed_pipe_end_raises_the_errors_own_oserror(pipe, libc_write, monkeypatch):
+    monkeypatch.setattr(jobqueue, "_libc_write", libc_write)
+    read_fd, write_fd = pipe
+    os.close(read_fd)
+    with pytest.raises(OSError) as raised:
+        jobqueue.write_holding_gil(write_fd, b"job")  # EPIPE (SIGPIPE is ignored by Python)
+    assert raised.value.errno == errno.EPIPE
+    os.close(write_fd)
+    with pytest.raises(OSError) as raised:
+        jobqueue.write_holding_gil(write_fd, b"job")
+    assert raised.value.errno == errno.EBADF
+
+
+def test_no_other_thread_runs_while_frames_are_written_holding_the_gil(pipe):
+    # ctypes calls a PyDLL function without releasing the GIL (os.write releases it).
+    assert jobqueue._load_libc_write()._flags_ & ctypes._FUNCFLAG_PYTHONAPI
+    # A spinning thread counts only while it holds the GIL.  With a switch interval
+    # of a second, it can run during the writes only if this thread lets go of it.
+    read_fd, write_fd = pipe
+    spins, stop = [0], threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            spins[0] += 1
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1.0)
+    spinner = threading.Thread(target=spin, daemon=True)
+    try:
+        spinner.start()  # this thread has the GIL back only when it returns
+        before = spins[0]
+        for _ in range(1000):
+            jobqueue.write_holding_gil(write_fd, b"frame")
+        moved = spins[0] - before
+    finally:
+        stop.set()
+        sys.setswitchinterval(old)
+        spinner.join(5)
+    assert moved == 0 and spins[0] > 0
+    assert os.read(read_fd, 65536) == b"frame" * 1000
+
+
+@pytest.mark.parametrize("sync, threads, expected", [
+    (True, 3, "holding the GIL"),  # a sync raise, other threads could take the GIL: keep it
+    (True, 0, "os.write"),         # nobody else to take it: the cheaper call
+    (False, 3, "os.write"),        # an async raise does not wait for a reply: the cheaper call
+    (False, 0, "os.write"),
+])
+def test_only_a_sync_raise_in_a_process_with_other_threads_writes_holding_the_gil(
+        sync, threads, expected, monkeypatch):
+    calls = []
+    real_holding, real_os_write = jobqueue.write_holding_gil, os.write
+    monkeypatch.setattr(jobqueue, "_other_threads", lambda: threads)
+    monkeypatch.setattr(jobqueue, "write_holding_gil",
+                        lambda fd, frame: calls.append("holding the GIL") or real_holding(fd, frame))
+    monkeypatch.setattr(jobqueue.os, "write",
+                        lambda fd, frame: calls.append("os.write") or real_os_write(fd, frame))
+    jobs = JobQueue(FORK, maxsize=10)
+    sender = JobSender(jobs)
+    big = bytes(range(256)) * 70  # five frames
+    # No worker answers: a sync raise times out after its put, which is what is watched here.
+    want = Status.TIMEOUT if sync else Status.QUEUED
+    assert sender.submit("E", (SOCKET,), b"small", sync, 0.05)[0][0] is want
+    assert sender.submit("E", (SOCKET,), big, sync, 0.05)[0][0] is want
+    monkeypatch.undo()
+    assert calls == [expected] * 6  # one frame, then five
+    jobs.attach_reader()
+    assert [job.decode(payload)[5] for payload in jobs.receive(10)] == [b"small", big]
     jobs.close()
 
 

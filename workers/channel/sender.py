@@ -118,7 +118,7 @@ class JobSender(Transport):
         now = time.monotonic()
         readers = self._queue.readers()
         box.expect(seq)  # before the put: the reply may come before put() returns
-        if not self._queue.put(job.encode(seq, box.address, ev, mid, self._sockets(sockets), body, now)):
+        if not self._queue.put(job.encode(seq, box.address, ev, mid, self._sockets(sockets), body, now), sync=True):
             box.forget(seq)
             return None, seq, now, readers
         if self._counts.unsent:
