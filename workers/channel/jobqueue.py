@@ -164,6 +164,8 @@ class JobQueue:
             return False
         local = self._here()
         data = b"".join(parts)
+        # Chosen once for the job's one or more frames.
+        write = write_holding_gil if sync and _other_threads() else os.write
         with local.lock:
             job_id = (local.pid << 32) | (next(local.ids) & 0xFFFFFFFF)
             buffer = local.overflow
@@ -172,15 +174,14 @@ class JobQueue:
                 frame = _HEADER.pack(len(data), job_id, 0, 1) + data
                 if not buffer.jobs:
                     try:
-                        # The usual case: one whole frame, one write.
-                        (write_holding_gil if sync and _other_threads() else os.write)(self._write_fd, frame)
+                        write(self._write_fd, frame)  # the usual case: one whole frame, one write
                         return True
                     except BlockingIOError:
                         pass
             else:
                 frames = _frames(data, job_id)
                 if not buffer.jobs:
-                    frames = _write_some(self._write_fd, frames, sync)
+                    frames = _write_some(self._write_fd, frames, write)
                     if not frames:
                         return True
             if local.feeder is None:
@@ -570,9 +571,8 @@ def _restock(local: _Local) -> None:
             local.overflow.give_spare(memory)
 
 
-def _write_some(fd: int, frames: tuple[bytes, ...], sync: bool = False) -> tuple[bytes, ...]:
-    """Write frames until the pipe is full; return those not written."""
-    write = write_holding_gil if sync and _other_threads() else os.write
+def _write_some(fd: int, frames: tuple[bytes, ...], write) -> tuple[bytes, ...]:
+    """Write frames with ``write`` until the pipe is full; return those not written."""
     for i, frame in enumerate(frames):
         try:
             write(fd, frame)  # at most PIPE_BUF bytes: all of it, or EAGAIN and none
