@@ -6,6 +6,7 @@ directly with an EventInterface whose transport records the bodies.
 
 from __future__ import annotations
 
+import copy
 import multiprocessing
 import os
 
@@ -324,6 +325,32 @@ def test_table_finds_a_key_at_a_slot_boundary_only():
     assert t.begin(a, now=1)[0] == NEW
     assert t.begin(b[:8] + a[:8], now=1)[0] == NEW  # a at an unaligned offset must not match
     assert t.begin(b, now=1)[0] == NEW
+
+
+def test_table_finish_records_the_answer_of_any_claimed_key_not_only_the_last():
+    t = TransactionTable(buckets=2, lifetime=10)
+    first, last = key(1), key(2)
+    assert t.begin(first, now=100) == (NEW, 0)
+    assert t.begin(last, now=100) == (NEW, 0)
+    assert t.finish(first, 404, now=101)  # not the last claim: looked up
+    assert t.finish(last, 200, now=101)   # the last claim (the same object): its slot is known
+    assert t.begin(key(1), now=102) == (ANSWERED, 404)
+    assert t.begin(key(2), now=102) == (ANSWERED, 200)
+    assert not t.finish(key(3), 200, now=102)  # never claimed
+
+
+def test_table_finish_does_not_write_a_claimed_slot_another_key_has_taken():
+    # A front-end stopped past its claim's lifetime: meanwhile another front-end
+    # (a copy of the table: same memory, its own last claim) reused the slot.
+    t = TransactionTable(buckets=1, lifetime=10)
+    for i in range(1, t.SLOTS):
+        assert t.begin(key(i), now=105)[0] == NEW  # live until 115
+    stalled = key(0)
+    assert t.begin(stalled, now=100) == (NEW, 0)    # the last claim here, live until 110
+    other = copy.copy(t)
+    assert other.begin(key(99), now=111) == (NEW, 0)  # stalled's slot, expired
+    assert not t.finish(stalled, 200, now=112)
+    assert t.begin(key(99), now=112) == (PENDING, 0)  # still being processed, not answered 200
 
 
 def _claim_all(t, n, out):
