@@ -10,12 +10,18 @@ response-time percentiles.  It does not consume the queue.
 consumes every event and returns the exactness figures too: duplicate
 events, answered MESSAGEs without their event, shed (503) MESSAGEs with one.
 
-    python -m bench.sip_scenario [--limit 32] [--duration 10] [--runs 3] [--overload 2.0] [--json FILE]
+``ceiling(broker, limit=32, ...)`` runs the ``-l`` scenario against the same
+server made to raise nothing (``SipServer(raise_events=False)``: each MESSAGE
+answered 200 as if its event were queued) and returns the answers/s: what
+sipp and the SIP server alone reach on this machine, the bound of any
+events/s figure.
+
+    python -m bench.sip_scenario [--limit 32] [--duration 10] [--runs 3] [--ceiling 1] [--overload 2.0] [--json FILE]
 
 starts its own private broker, runs the ``-l`` scenario *runs* times (``--limit 128``
-for the run sipp's clock does not cap), then
+for the run sipp's clock does not cap), the ceiling *ceiling* times, then
 the overload case at ``--overload`` times the best sustained events/s, and
-prints both.  Peer on this machine kind (shared/notes/perf-anchors.md):
+prints them all.  Peer on this machine kind (shared/notes/perf-anchors.md):
 Kamailio 5.6 with its rabbitmq module, 3,100-3,500 events/s in the ``-l 32``
 scenario, with duplicate events past ~3,000/s.
 """
@@ -53,6 +59,7 @@ def _figures(r: sipdemo.DemoResult) -> dict:
         "failed_calls": sp.stat("FailedCall(C)"),
         "events": r.events,
         "events_per_s": round(r.events_per_s, 1),
+        "answered_per_s": round(len(sp.ok) / sp.elapsed, 1) if sp.elapsed else None,
         "window_s": round(r.window, 3),
         "p50_ms": sp.percentile(50),
         "p90_ms": sp.percentile(90),
@@ -63,6 +70,8 @@ def _figures(r: sipdemo.DemoResult) -> dict:
         "others_cores": r.machine.get("others_cores"),
         "cpu_us_per_event": {kind: round(seconds / r.events * 1e6, 1) if r.events else None
                              for kind, seconds in r.cpu.items()},
+        "cpu_us_per_answer": {kind: round(seconds / len(sp.ok) * 1e6, 1) if sp.ok else None
+                              for kind, seconds in r.cpu.items()},
     }
     out.update({k: v for k, v in r.checks.items()})
     return out
@@ -77,6 +86,20 @@ def run(broker, rate=None, limit=32, duration=10, processes=4) -> dict:
     finally:
         delete_queue(broker, queue)
     return _figures(r)
+
+
+def ceiling(broker, limit=32, duration=10, processes=4) -> dict:
+    """One ``-l`` run whose server raises nothing: sipp's answers/s with the same server."""
+    queue = f"sipbench-{uuid.uuid4().hex[:12]}"
+    try:
+        r = sipdemo.run(broker, rate=None, limit=limit, duration=duration, processes=processes,
+                        queue=queue, consume_events=False, raise_events=False)
+    finally:
+        delete_queue(broker, queue)
+    f = _figures(r)
+    if f["events"] or f["server"].get("events"):
+        raise RuntimeError(f"the ceiling run raised events ({f['events']} in the queue): it must raise none")
+    return f
 
 
 def overload(broker, rate, duration=10, processes=4, limit=None) -> dict:
@@ -109,24 +132,39 @@ def _line(name: str, f: dict) -> str:
                    f"{f['others_cores']:.2f} of {f['cores']} cores meanwhile")
 
 
+def _ceiling_line(name: str, f: dict) -> str:
+    cpu = ", ".join(f"{k} {v}" for k, v in f["cpu_us_per_answer"].items() if k in ("front-ends", "sipp"))
+    return (f"{name}: {f['answered_per_s']:,.0f} MESSAGEs/s answered 200 ({f['answered_200']:,}), no event "
+            f"raised, p50/p90/p99/max {f['p50_ms']}/{f['p90_ms']}/{f['p99_ms']}/{f['max_ms']} ms"
+            f"\n    CPU us/answer: {cpu}; other processes on the machine used "
+            f"{f['others_cores']:.2f} of {f['cores']} cores meanwhile")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.sip_scenario", description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--limit", type=int, default=32)
     parser.add_argument("--runs", type=int, default=3, help="runs of the -l scenario (default 3)")
+    parser.add_argument("--ceiling", type=int, default=1,
+                        help="runs of the -l scenario whose server raises nothing: the bound set by "
+                             "sipp and the SIP server alone (default 1; 0 skips)")
     parser.add_argument("--overload", type=float, default=2.0,
                         help="overload rate as a multiple of the median -l events/s (0: skip; default 2)")
     parser.add_argument("--overload-rate", type=int, help="overload at this rate instead (MESSAGE/s)")
     parser.add_argument("--json", help="write every figure to this file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format=workers.base.logs.FORMAT)
-    results = {"limit_runs": [], "overload": None}
+    results = {"limit_runs": [], "ceiling_runs": [], "overload": None}
     with PrivateBroker() as broker:
         for i in range(args.runs):
             f = run(broker, rate=None, limit=args.limit, duration=args.duration, processes=args.processes)
             results["limit_runs"].append(f)
             print(_line(f"-l {args.limit} run {i + 1}", f), flush=True)
+        for i in range(args.ceiling):
+            f = ceiling(broker, limit=args.limit, duration=args.duration, processes=args.processes)
+            results["ceiling_runs"].append(f)
+            print(_ceiling_line(f"-l {args.limit} ceiling {i + 1}", f), flush=True)
         runs = results["limit_runs"]
         sustained = statistics.median(f["events_per_s"] for f in runs) if runs else 0
         results["sustained_events_per_s"] = sustained
@@ -148,6 +186,11 @@ def main(argv=None) -> int:
                for f in results["limit_runs"]]
         print(f"-l {args.limit}: {sum(met)} of {len(met)} runs at >= {target:,} events/s with "
               f"p99 <= {TARGET_P99_MS} ms (peer: Kamailio 5.6, 3,100-3,500 events/s at -l 32)")
+    if results["ceiling_runs"]:
+        best = max(f["answered_per_s"] for f in results["ceiling_runs"])
+        print(f"-l {args.limit}: raising no event, sipp and this SIP server reached at most {best:,.0f} "
+              f"MESSAGEs/s on this machine: no events/s figure of this scenario can be higher"
+              + (f" (target {target:,})" if target else ""))
     if results["overload"] is not None:
         f = results["overload"]
         print(f"overload: {f['duplicate_events']} duplicate events, "

@@ -410,6 +410,21 @@ def test_message_raises_the_guides_event_and_answers_200(server, evi):
     assert server.totals()["events"] == 1
 
 
+def test_a_server_that_raises_no_events_answers_as_if_it_had(server, evi):
+    quiet = sip.SipServer(processes=1, table=TransactionTable(buckets=64), raise_events=False)
+    try:
+        data = message(body=b"not raised")
+        replies = [quiet.handle(evi, data) for _ in range(2)]
+        assert evi.transport.bodies == []
+        assert replies == [server.handle(evi, data)] * 2  # the raising server's reply, byte for byte
+        assert len(evi.transport.bodies) == 1
+        totals = quiet.totals()
+        assert (totals["messages"], totals["events"], totals["replied_200"],
+                totals["retrans_answered"]) == (1, 0, 2, 1)
+    finally:
+        quiet.close()
+
+
 def test_a_retransmission_gets_the_same_reply_and_no_event(server, evi):
     data = message(body=b"once")
     replies = [server.handle(evi, data) for _ in range(3)]

@@ -107,3 +107,14 @@ def test_a_retransmitted_message_makes_one_event_and_the_same_reply(broker, clea
         b"E_SIP_MESSAGE\nuser::alice\nmsg::burst\n",
         b"E_SIP_MESSAGE\nuser::alice\nmsg::after junk\n",
     ])
+
+
+@pytest.mark.timeout(90)
+def test_the_bench_ceiling_answers_every_message_and_publishes_nothing(broker):
+    from bench import sip_scenario
+
+    f = sip_scenario.ceiling(broker, limit=32, duration=2, processes=2)
+    assert f["sent"] > 0 and f["failed_calls"] == 0 and f["answered_503"] == 0
+    assert f["answered_200"] == f["sent"] == f["server"]["messages"] == f["server"]["replied_200"]
+    assert f["events"] == f["server"]["events"] == f["server"]["shed_queue"] == 0
+    assert f["answered_per_s"] > 0 and f["cpu_us_per_answer"]["front-ends"] > 0

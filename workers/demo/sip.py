@@ -451,13 +451,18 @@ class SipServer:
     ``shed_age`` is the longest a MESSAGE may wait in the receive queue and
     still be processed (seconds); older ones get 503.  ``events`` is the
     EventInterface's event name; ``processes`` sizes the shared counters.
+    ``raise_events=False`` answers each new MESSAGE 200 as if its event had
+    been queued, and raises nothing: what the server and its client can do
+    without publishing (the bench's ceiling, ``bench.sip_scenario``).
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, processes: int = 4,
                  shed_age: float = 0.1, retry_after: int = 1, rcvbuf: int = 8 << 20,
-                 table: TransactionTable | None = None, poll: float = 0.2):
+                 table: TransactionTable | None = None, poll: float = 0.2,
+                 raise_events: bool = True):
         if host not in ("127.0.0.1", "localhost"):
             raise ValueError("the example SIP server binds loopback only (127.0.0.1)")
+        self.raise_events = raise_events
         self.shed_age = shed_age
         self.retry_after = b"Retry-After: %d\r\n" % retry_after
         self.poll = poll
@@ -546,7 +551,7 @@ class SipServer:
             return self._reply(req, 503, tag)
         c[_MESSAGES] += 1
         try:
-            code = self._raise(evi, user, req.body)
+            code = self._raise(evi, user, req.body) if self.raise_events else 200
         except Exception:
             self.table.finish(key, 500)
             raise
