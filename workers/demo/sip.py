@@ -325,7 +325,7 @@ class TransactionTable:
         self.mm = mmap.mmap(-1, buckets * self.BUCKET)  # MAP_SHARED | MAP_ANONYMOUS, zeroed
         self.locks = [ctx.Lock() for _ in range(stripes)]
         self._expires = struct.Struct(f"<{self.SLOTS}d")
-        self._claim = (None, 0, 0)  # this process's last claim: (key, bucket offset, slot)
+        self._claim = (None, 0, None, -1)  # this process's last claim: key, bucket offset, lock, slot
 
     @property
     def nbytes(self) -> int:
@@ -370,7 +370,7 @@ class TransactionTable:
                     return FULL, 0
                 slot = expires.index(first)
             self._record(off, slot, now, code, key)
-            self._claim = (key, off, slot)
+            self._claim = (key, off, lock, slot)
             return NEW, code
         finally:
             lock.release()
@@ -378,12 +378,9 @@ class TransactionTable:
     def finish(self, key: bytes, code: int, now: float | None = None) -> bool:
         """Record the answer to a claimed key; its lifetime starts again now."""
         now = time.monotonic() if now is None else now
-        claimed, off, slot = self._claim
-        if claimed is key:
-            lock = self.locks[off // self.BUCKET % len(self.locks)]
-        else:
-            off, lock = self._where(key)
-            slot = -1
+        claimed, off, lock, slot = self._claim
+        if claimed is not key:
+            (off, lock), slot = self._where(key), -1
         if not lock.acquire(timeout=self.lock_timeout):
             return False
         try:
