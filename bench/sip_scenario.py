@@ -77,26 +77,25 @@ def _figures(r: sipdemo.DemoResult) -> dict:
     return out
 
 
-def run(broker, rate=None, limit=32, duration=10, processes=4) -> dict:
-    """One run against *broker*; a queue of its own, deleted afterwards."""
+def _own_queue_run(broker, **options) -> dict:
+    """``sipdemo.run(broker, **options)`` on a queue of its own, deleted afterwards; its figures."""
     queue = f"sipbench-{uuid.uuid4().hex[:12]}"
     try:
-        r = sipdemo.run(broker, rate=rate, duration=duration, processes=processes, limit=limit,
-                        queue=queue, consume_events=False)
+        return _figures(sipdemo.run(broker, queue=queue, **options))
     finally:
         delete_queue(broker, queue)
-    return _figures(r)
+
+
+def run(broker, rate=None, limit=32, duration=10, processes=4) -> dict:
+    """One run against *broker*; its events are counted in the queue, not consumed."""
+    return _own_queue_run(broker, rate=rate, duration=duration, processes=processes, limit=limit,
+                          consume_events=False)
 
 
 def ceiling(broker, limit=32, duration=10, processes=4) -> dict:
     """One ``-l`` run whose server raises nothing: sipp's answers/s with the same server."""
-    queue = f"sipbench-{uuid.uuid4().hex[:12]}"
-    try:
-        r = sipdemo.run(broker, rate=None, limit=limit, duration=duration, processes=processes,
-                        queue=queue, consume_events=False, raise_events=False)
-    finally:
-        delete_queue(broker, queue)
-    f = _figures(r)
+    f = _own_queue_run(broker, rate=None, limit=limit, duration=duration, processes=processes,
+                       consume_events=False, raise_events=False)
     if f["events"] or f["server"].get("events"):
         raise RuntimeError(f"the ceiling run raised events ({f['events']} in the queue): it must raise none")
     return f
@@ -104,13 +103,8 @@ def ceiling(broker, limit=32, duration=10, processes=4) -> dict:
 
 def overload(broker, rate, duration=10, processes=4, limit=None) -> dict:
     """Open loop at *rate*; every event consumed and checked."""
-    queue = f"sipbench-{uuid.uuid4().hex[:12]}"
-    try:
-        r = sipdemo.run(broker, rate=int(rate), duration=duration, processes=processes, limit=limit,
-                        queue=queue, consume_events=True)
-    finally:
-        delete_queue(broker, queue)
-    return _figures(r)
+    return _own_queue_run(broker, rate=int(rate), duration=duration, processes=processes, limit=limit,
+                          consume_events=True)
 
 
 def _shed(server: dict) -> str:

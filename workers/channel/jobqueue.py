@@ -622,7 +622,9 @@ def _load_libc_write():
     try:
         import ctypes
         _get_errno = ctypes.get_errno
-        _libc_write = ctypes.PyDLL(None, use_errno=True).write  # PyDLL: the call keeps the GIL
+        # PyDLL: the call keeps the GIL.  No argtypes (they cost conversions per call): a
+        # frame is bytes of at most PIPE_BUF, so the default int arguments and result are exact.
+        _libc_write = ctypes.PyDLL(None, use_errno=True).write
     except (ImportError, AttributeError, OSError):  # no libc symbols to call: the plain write, GIL released
         _libc_write = _os_write
     return _libc_write
